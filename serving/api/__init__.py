@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API: protocol parsing, routes, SSE and the error envelope."""

@@ -1,0 +1,107 @@
+"""The OpenAI error envelope: `{"error": {"message", "type", "param", "code"}}` on every failure."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+logger = logging.getLogger("serving.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    502: "api_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class APIError(Exception):
+    """An error answered to the client in the OpenAI envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(status, "api_error")
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        return Response(
+            json.dumps(self.envelope()),
+            status_code=self.status,
+            media_type="application/json",
+            headers=self.headers,
+        )
+
+
+def from_engine_error(error: Any) -> APIError:
+    """Map an engine's error object (vLLM `ErrorResponse`) to an `APIError` with the right status."""
+    info = getattr(error, "error", error)
+    status = int(getattr(info, "code", 500) or 500)
+    message = str(getattr(info, "message", "engine error"))
+    code = None
+    lowered = message.lower()
+    if status == 400 and ("context length" in lowered or "maximum model length" in lowered
+                          or "model length" in lowered or "too long" in lowered):
+        code = "context_length_exceeded"
+    if status >= 500:
+        # Engine-side faults are not the client's: don't leak internals, keep the status honest.
+        logger.warning("engine error %s: %s", status, message)
+        return APIError(502 if status == 500 else status, "the engine failed to serve the request",
+                        code="engine_error")
+    return APIError(status, message, type=getattr(info, "type", None) or None,
+                    param=getattr(info, "param", None), code=code)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure (ours, Starlette's 404/405, unexpected bugs) through the envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = "Not found: no such endpoint"
+        return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        return APIError(400, err["msg"], param=".".join(str(p) for p in err["loc"][1:]) or None).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error in the gateway")
+        return APIError(500, "internal error in the gateway", code="internal_error").response()

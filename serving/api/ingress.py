@@ -1,0 +1,43 @@
+"""The gateway as a Ray Serve ingress deployment in front of the engine deployments."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.api.server import build_api
+from serving.config import GatewayConfig, ModelGroupConfig
+from serving.engines.ray_handle import RayLLMEngine
+from serving.routing.groups import GroupRouter
+
+logger = logging.getLogger("serving.gateway")
+
+
+def groups_from_user_config(user_config: dict[str, Any]) -> dict[str, ModelGroupConfig]:
+    """The `model_groups` table carried in the deployment's user_config."""
+    return {name: ModelGroupConfig.model_validate(g) for name, g in user_config["model_groups"].items()}
+
+
+@serve.ingress()
+class GatewayDeployment:
+    """OpenAI-compatible ingress; model-group weights arrive through `reconfigure(user_config)`."""
+
+    def __init__(self, settings: dict[str, Any], engines: dict[str, DeploymentHandle]):
+        self._settings = GatewayConfig.model_validate(settings)
+        self._router = GroupRouter({n: RayLLMEngine(n, h) for n, h in engines.items()}, {})
+        self._app = build_api(self._router, self._settings)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new group table (traffic weights) without restarting the replica."""
+        self._router.update(groups_from_user_config(user_config))
+        logger.info("gateway model groups: %s", {
+            name: [(e.name, w) for e, w in zip(g.engines, g.weights, strict=True)]
+            for name, g in self._router.groups.items()
+        })
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        return self._app

@@ -1,0 +1,166 @@
+"""Request parsing: raw JSON -> validated vLLM/OpenAI protocol objects, or a 400 in the envelope.
+
+vLLM's protocol models (re-exported by Ray Serve LLM) are the wire types the engines take; they are
+lenient about some inputs OpenAI rejects, so the checks OpenAI makes up front are done here first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+from serving.api.errors import APIError
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object."""
+    if not raw:
+        raise APIError(400, "The request body is empty; expected a JSON object.")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"The request body must be a JSON object, not {type(body).__name__}.")
+    return body
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(body: dict[str, Any], key: str, lo: int, hi: int | None = None) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise APIError(400, f"'{key}' must be an integer, got {json.dumps(value)}.", param=key)
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise APIError(400, f"'{key}' must be {bound}, got {value}.", param=key, code="invalid_value")
+
+
+def _check_range(body: dict[str, Any], key: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    if not _is_number(value):
+        raise APIError(400, f"'{key}' must be a number, got {json.dumps(value)}.", param=key)
+    if value > hi or value < lo or (lo_open and value == lo):
+        left = "(" if lo_open else "["
+        raise APIError(400, f"'{key}' must be in {left}{lo}, {hi}], got {value}.", param=key, code="invalid_value")
+
+
+def _check_common(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise APIError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' must be a non-empty string.", param="model")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise APIError(400, "'stream' must be a boolean.", param="stream")
+    _check_int(body, "max_tokens", 1)
+    _check_int(body, "max_completion_tokens", 1)
+    _check_int(body, "n", 1, 128)
+    _check_range(body, "temperature", 0.0, 2.0)
+    _check_range(body, "top_p", 0.0, 1.0, lo_open=True)
+    _check_range(body, "presence_penalty", -2.0, 2.0)
+    _check_range(body, "frequency_penalty", -2.0, 2.0)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+        isinstance(stop, list) and all(isinstance(s, str) for s in stop)
+    ):
+        raise APIError(400, "'stop' must be a string or a list of strings.", param="stop")
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise APIError(400, "'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    return model
+
+
+def _check_messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise APIError(400, "you must provide a messages parameter", param="messages",
+                       code="missing_required_parameter")
+    if not isinstance(messages, list):
+        raise APIError(400, "'messages' must be an array of message objects.", param="messages")
+    if not messages:
+        raise APIError(400, "'messages' must contain at least one message.", param="messages", code="empty_array")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise APIError(400, f"messages[{i}] must be an object.", param=f"messages.[{i}]")
+        role = msg.get("role")
+        if role not in CHAT_ROLES:
+            raise APIError(400, f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, got {json.dumps(role)}.",
+                           param=f"messages.[{i}].role", code="invalid_value")
+
+
+def _check_chat_logprobs(body: dict[str, Any]) -> None:
+    _check_int(body, "top_logprobs", 0, 20)
+    if body.get("top_logprobs") is not None and not body.get("logprobs"):
+        raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+
+
+def _validate(cls: type, body: dict[str, Any]) -> Any:
+    try:
+        return cls.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise APIError(400, f"Invalid value for '{param}': {msg}" if param else msg, param=param) from None
+    except ValueError as exc:  # vLLM's VLLMValidationError and friends
+        raise APIError(400, str(exc), param=getattr(exc, "parameter", None)) from None
+
+
+class ParsedRequest:
+    """A validated request: the group the client named, whether it streams, and the engine request."""
+
+    __slots__ = ("client_usage", "model", "request", "stream")
+
+    def __init__(self, model: str, stream: bool, client_usage: bool, request: Any):
+        self.model = model
+        self.stream = stream
+        self.client_usage = client_usage
+        self.request = request
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, client asked for usage); a streamed request always asks the engine for usage."""
+    stream = bool(body.get("stream"))
+    if not stream:
+        return False, False
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise APIError(400, "'stream_options' must be an object.", param="stream_options")
+    client_usage = bool(opts and opts.get("include_usage"))
+    body["stream_options"] = {**(opts or {}), "include_usage": True}
+    return True, client_usage
+
+
+def parse_chat(raw: bytes) -> ParsedRequest:
+    """Validate a `POST /v1/chat/completions` body."""
+    body = parse_json_object(raw)
+    model = _check_common(body)
+    _check_messages(body)
+    _check_chat_logprobs(body)
+    stream, client_usage = _stream_flags(body)
+    return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body))
+
+
+def parse_completion(raw: bytes) -> ParsedRequest:
+    """Validate a `POST /v1/completions` body."""
+    body = parse_json_object(raw)
+    model = _check_common(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise APIError(400, "you must provide a prompt parameter", param="prompt", code="missing_required_parameter")
+    if prompt == "" or prompt == []:
+        raise APIError(400, "'prompt' must not be empty.", param="prompt")
+    _check_int(body, "logprobs", 0, 20)
+    stream, client_usage = _stream_flags(body)
+    return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body))

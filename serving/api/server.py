@@ -1,0 +1,246 @@
+"""The gateway's FastAPI app: OpenAI endpoints, health, readiness and metrics.
+
+The app is built around a `GroupRouter` (model group -> engines), so the same code runs inside the Ray
+Serve ingress deployment (engines are DeploymentHandles) and in unit tests (engines are test doubles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.api.errors import APIError, from_engine_error, install_error_handlers
+from serving.api.protocol import ParsedRequest, parse_chat, parse_completion
+from serving.config import GatewayConfig
+from serving.engines.base import Engine, EngineFailed, EngineTimeout, EngineUnavailable
+from serving.observability.metrics import GatewayMetrics
+from serving.routing.groups import GroupRouter, UnknownModel
+
+REQUEST_ID_HEADER = "x-request-id"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_DONE = "data: [DONE]\n\n"
+
+
+class RequestIdMiddleware:
+    """Gives every response an `x-request-id` (the client's, if it sent one)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                rid = value.decode("latin-1")[:128]
+                break
+        if not rid:
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        raw_rid = rid.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", raw_rid))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _is_error(item: Any) -> bool:
+    return not isinstance(item, str) and hasattr(item, "error") and not hasattr(item, "choices")
+
+
+def _error_event(exc: APIError) -> str:
+    return f"data: {json.dumps(exc.envelope())}\n\n"
+
+
+class Gateway:
+    """Serves OpenAI requests by routing them to engines and relaying the answer."""
+
+    def __init__(self, router: GroupRouter, settings: GatewayConfig, metrics: GatewayMetrics):
+        self.router = router
+        self.settings = settings
+        self.metrics = metrics
+        self.created = int(time.time())
+
+    async def handle(self, request: Request, endpoint: str, parse: Callable[[bytes], ParsedRequest]) -> Response:
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            raise APIError(413, f"The request body is larger than {self.settings.max_body_bytes} bytes.")
+        raw = await request.body()
+        if len(raw) > self.settings.max_body_bytes:
+            raise APIError(413, f"The request body is larger than {self.settings.max_body_bytes} bytes.")
+        parsed = parse(raw)
+        try:
+            group, engine = self.router.route(parsed.model)
+        except UnknownModel:
+            self.metrics.requests.labels("unknown", "", endpoint, "404").inc()
+            raise APIError(
+                404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
+                param="model", code="model_not_found",
+            ) from None
+        parsed.request.model = engine.name
+        in_flight = self.metrics.in_flight.labels(group.name)
+        in_flight.inc()
+        try:
+            gen, first = await self._start(engine, endpoint, parsed)
+        except APIError as exc:
+            in_flight.dec()
+            self._record(group.name, engine.name, endpoint, exc.status, start)
+            raise
+        headers = {"x-serving-model": engine.name}
+        if not parsed.stream:
+            in_flight.dec()
+            usage = getattr(first, "usage", None)
+            self._record(group.name, engine.name, endpoint, 200, start, usage=usage)
+            return Response(first.model_dump_json(exclude_unset=True), media_type="application/json",
+                             headers=headers)
+        body = self._relay(gen, first, parsed.client_usage, group.name, engine.name, endpoint, start, in_flight)
+        return StreamingResponse(body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+    async def _start(self, engine: Engine, endpoint: str, parsed: ParsedRequest) -> tuple[AsyncIterator[Any], Any]:
+        """Send the request and wait for the engine's first item (answer, first chunk or error)."""
+        gen = engine.generate(endpoint, parsed.request)  # type: ignore[arg-type]
+        try:
+            first = await asyncio.wait_for(gen.__anext__(), self.settings.request_timeout_s)
+        except StopAsyncIteration:
+            raise APIError(502, f"engine {engine.name} returned no answer", code="engine_error") from None
+        except (EngineTimeout, asyncio.TimeoutError):
+            await gen.aclose()
+            raise APIError(504, f"engine {engine.name} did not answer within "
+                           f"{self.settings.request_timeout_s:g} s", code="timeout") from None
+        except EngineUnavailable as exc:
+            raise APIError(503, f"{exc}; retry later", code="engine_unavailable",
+                           headers={"retry-after": "1"}) from None
+        except EngineFailed as exc:
+            raise APIError(502, str(exc), code="engine_error") from None
+        if _is_error(first):
+            await gen.aclose()
+            raise from_engine_error(first)
+        return gen, first
+
+    async def _relay(self, gen: AsyncIterator[Any], first: str, client_usage: bool, group: str, engine: str,
+                     endpoint: str, start: float, in_flight: Any) -> AsyncIterator[str]:
+        """Pass the engine's SSE chunks through untouched; take usage from the final usage chunk."""
+        t_first = time.perf_counter()
+        self.metrics.ttft.labels(group, engine).observe(t_first - start)
+        usage: dict[str, Any] | None = None
+        status = 200
+        try:
+            chunk = first
+            while True:
+                if chunk.startswith('data: {"id"') and '"choices":[]' in chunk and '"usage":{' in chunk:
+                    usage = json.loads(chunk[6:]).get("usage")
+                    if client_usage:
+                        yield chunk
+                else:
+                    yield chunk
+                try:
+                    chunk = await gen.__anext__()
+                except StopAsyncIteration:
+                    break
+        except (EngineUnavailable, EngineFailed, EngineTimeout) as exc:
+            # Bytes already went out: end the stream with an error event in the OpenAI shape.
+            status = 503 if isinstance(exc, EngineUnavailable) else 502
+            yield _error_event(APIError(status, str(exc), code="engine_error"))
+            yield _DONE
+        finally:
+            in_flight.dec()
+            await gen.aclose()
+            self._record(group, engine, endpoint, status, start, usage=usage, t_first=t_first)
+
+    def _record(self, group: str, engine: str, endpoint: str, status: int, start: float, *,
+                usage: Any = None, t_first: float | None = None) -> None:
+        end = time.perf_counter()
+        m = self.metrics
+        m.requests.labels(group, engine, endpoint, str(status)).inc()
+        m.latency.labels(group, engine, endpoint).observe(end - start)
+        if usage is None:
+            return
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        else:
+            prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        m.prompt_tokens.labels(group, engine).inc(prompt)
+        m.completion_tokens.labels(group, engine).inc(completion)
+        if t_first is not None and completion > 1 and end > t_first:
+            m.tps.labels(group, engine).observe((completion - 1) / (end - t_first))
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._card(name) for name in self.router.groups]}
+
+    def _card(self, name: str) -> dict[str, Any]:
+        group = self.router.groups[name]
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "serving",
+                "engines": [e.name for e in group.engines]}
+
+    async def ready(self) -> tuple[bool, dict[str, str]]:
+        async def probe(engine: Engine) -> str:
+            try:
+                await asyncio.wait_for(engine.check_health(), 5.0)
+                return "ready"
+            except Exception as exc:  # any failure means not ready; the reason is reported
+                return f"not ready: {type(exc).__name__}"
+
+        names = list(self.router.engines)
+        states = await asyncio.gather(*(probe(self.router.engines[n]) for n in names))
+        result = dict(zip(names, states, strict=True))
+        return all(s == "ready" for s in states), result
+
+
+def build_api(router: GroupRouter, settings: GatewayConfig, metrics: GatewayMetrics | None = None) -> FastAPI:
+    """The gateway's ASGI app."""
+    gw = Gateway(router, settings, metrics or GatewayMetrics())
+    app = FastAPI(title="serving gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gw
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await gw.handle(request, "chat", parse_chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await gw.handle(request, "completions", parse_completion)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return JSONResponse(gw.models())
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> Response:
+        if model not in router.groups:
+            raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+        return JSONResponse(gw._card(model))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        ok, engines = await gw.ready()
+        return JSONResponse({"status": "ready" if ok else "not ready", "engines": engines},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
+
+    return app

@@ -1,0 +1,329 @@
+"""The `serving` command: bring the platform up and down, inspect it, talk to it, validate configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from serving.config import DEFAULT_CONFIG, ConfigError, PlatformConfig, load_config
+
+STATE_FILE = Path(os.environ.get("SERVING_STATE_DIR", Path.home() / ".cache" / "serving")) / "up.json"
+
+
+def _say(msg: str) -> None:
+    print(f"[serving] {msg}", flush=True)
+
+
+def _load(path: str | None) -> PlatformConfig:
+    try:
+        return load_config(path or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _ray_bin() -> str:
+    exe = Path(sys.executable).with_name("ray")
+    return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
+
+
+def _ray_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    return env
+
+
+def _start_local_ray(cfg: PlatformConfig) -> str:
+    """Start a local Ray head (detached) unless one is running; return its address."""
+    import ray
+
+    try:
+        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+        _say("using the running local Ray cluster")
+        return "auto"
+    except ConnectionError:
+        pass
+    cmd = [_ray_bin(), "start", "--head", "--disable-usage-stats", "--include-dashboard=false",
+           f"--metrics-export-port={cfg.ray.metrics_export_port}"]
+    if cfg.ray.num_cpus:
+        cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
+    _say("starting a local Ray cluster: " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, env=_ray_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit("[serving] could not start Ray (see above)")
+    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    return "auto"
+
+
+def _connect(cfg: PlatformConfig | None = None) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return True
+    address = (cfg.ray.address if cfg else None) or "auto"
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        return True
+    except ConnectionError:
+        return False
+
+
+def _base_url(cfg: PlatformConfig) -> str:
+    host = "127.0.0.1" if cfg.gateway.host in ("0.0.0.0", "::") else cfg.gateway.host
+    return f"http://{host}:{cfg.gateway.port}{cfg.gateway.route_prefix.rstrip('/')}"
+
+
+def _app_state(app_name: str) -> tuple[str, dict[str, Any]]:
+    """(application status, {deployment: summary}) from Serve."""
+    from ray import serve
+
+    status = serve.status()
+    app = status.applications.get(app_name)
+    if app is None:
+        return "NOT_DEPLOYED", {}
+    deps = {
+        name: {"status": str(d.status.value if hasattr(d.status, "value") else d.status),
+               "replicas": {str(k.value if hasattr(k, "value") else k): v for k, v in d.replica_states.items()},
+               "message": d.message}
+        for name, d in app.deployments.items()
+    }
+    return str(app.status.value if hasattr(app.status, "value") else app.status), deps | (
+        {"_message": {"message": app.message}} if app.message else {})
+
+
+def _wait_ready(cfg: PlatformConfig, timeout_s: float) -> None:
+    start, last = time.monotonic(), ""
+    while True:
+        state, deps = _app_state(cfg.ray.app_name)
+        summary = ", ".join(
+            f"{name}: {d['status']}" + (f" {d['replicas']}" if d.get("replicas") else "")
+            for name, d in deps.items() if not name.startswith("_")
+        )
+        line = f"{state} ({summary})" if summary else state
+        if line != last:
+            _say(f"{time.monotonic() - start:5.0f}s  {line}")
+            last = line
+        if state == "RUNNING":
+            return
+        if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+            for name, d in deps.items():
+                if d.get("message"):
+                    print(f"  {name}: {d['message']}", file=sys.stderr)
+            raise SystemExit(f"[serving] the application failed to deploy ({state})")
+        if time.monotonic() - start > timeout_s:
+            raise SystemExit(f"[serving] not ready after {timeout_s:.0f} s; see `serving status`")
+        time.sleep(2)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from ray import serve
+
+    from serving.app import build_app
+
+    t0 = time.monotonic()
+    if cfg.ray.address in (None, "local"):
+        _start_local_ray(cfg)
+    elif not _connect(cfg):
+        raise SystemExit(f"[serving] cannot reach the Ray cluster at {cfg.ray.address}")
+    _say("preparing models and building the application")
+    app = build_app(cfg)
+    serve.start(http_options={"host": cfg.gateway.host, "port": cfg.gateway.port})
+    serve.run_many(
+        [serve.RunTarget(target=app, name=cfg.ray.app_name, route_prefix=cfg.gateway.route_prefix)],
+        wait_for_ingress_deployment_creation=False, wait_for_applications_running=False,
+    )
+    _say(f"deploying {len(cfg.engines)} engine(s) + gateway (CPU engines take 1-2 minutes to load)")
+    _wait_ready(cfg, args.timeout)
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps({"config": str(Path(args.config or DEFAULT_CONFIG).resolve()),
+                                      "url": _base_url(cfg), "app": cfg.ray.app_name}))
+    url = _base_url(cfg)
+    model = next(iter(cfg.model_groups))
+    _say(f"ready in {time.monotonic() - t0:.0f} s")
+    print(f"""
+  OpenAI-compatible endpoint: {url}/v1      (models: {", ".join(cfg.model_groups)})
+  Gateway metrics:            {url}/metrics
+  vLLM engine metrics:        http://127.0.0.1:{cfg.ray.metrics_export_port}/metrics  (Ray's metrics agent)
+
+  curl {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}/v1", api_key="unused")
+  r = c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi!"}}])
+  print(r.choices[0].message.content)'
+
+  serving chat "Tell me a joke"     serving status     serving down
+""", flush=True)
+    if args.foreground:
+        _say("serving in the foreground; Ctrl-C stops")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return cmd_down(args)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    if _connect():
+        try:
+            serve.shutdown()
+            _say("Serve applications shut down")
+        finally:
+            ray.shutdown()
+    subprocess.run([_ray_bin(), "stop"], env=_ray_env(), capture_output=True, text=True)
+    STATE_FILE.unlink(missing_ok=True)
+    _say("local Ray stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
+    cfg = _load(args.config)
+    if not _connect(cfg):
+        print("not running (no Ray cluster); start it with `serving up`")
+        return 1
+    state, deps = _app_state(cfg.ray.app_name)
+    print(f"application {cfg.ray.app_name}: {state}")
+    for name, d in deps.items():
+        if name.startswith("_"):
+            print(f"  {d['message']}")
+            continue
+        replicas = ", ".join(f"{k}={v}" for k, v in d["replicas"].items()) or "no replicas"
+        print(f"  {name:28s} {d['status']:12s} {replicas}" + (f"  ({d['message']})" if d["message"] else ""))
+    url = _base_url(cfg)
+    try:
+        ready = httpx.get(f"{url}/ready", timeout=10)
+        print(f"gateway {url}: {ready.json().get('status')}  engines: {ready.json().get('engines')}")
+    except httpx.HTTPError as exc:
+        print(f"gateway {url}: unreachable ({type(exc).__name__})")
+        return 1
+    return 0 if state == "RUNNING" and ready.status_code == 200 else 1
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    import httpx
+
+    cfg = _load(args.config)
+    url = args.url or _base_url(cfg)
+    model = args.model or next(iter(cfg.model_groups))
+    body = {"model": model, "messages": [{"role": "user", "content": args.prompt}],
+            "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True}
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                err = resp.json().get("error", {}) if resp.headers.get("content-type", "").startswith(
+                    "application/json") else {"message": resp.text}
+                print(f"error {resp.status_code}: {err.get('message')}", file=sys.stderr)
+                return 1
+            for line in resp.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    print(f"\nerror: {chunk['error'].get('message')}", file=sys.stderr)
+                    return 1
+                for choice in chunk.get("choices", []):
+                    sys.stdout.write(choice.get("delta", {}).get("content") or "")
+                    sys.stdout.flush()
+            print()
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {url}: {exc}; is it up? (`serving up`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    ok = True
+    for path in args.files:
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            ok = False
+            continue
+        print(f"{path}: ok ({len(cfg.engines)} engine(s), model groups: {', '.join(cfg.model_groups)})")
+    return 0 if ok else 1
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from models.loader import ModelSourceError, resolve_model_source
+
+    try:
+        print(resolve_model_source(args.source, revision=args.revision))
+    except ModelSourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="serving", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start local Ray + the platform and wait until it is ready")
+    up.add_argument("--config", help=f"platform config (default: {DEFAULT_CONFIG})")
+    up.add_argument("--timeout", type=float, default=900, help="seconds to wait for readiness")
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop the Serve app and the local Ray cluster")
+    down.set_defaults(func=cmd_down)
+
+    st = sub.add_parser("status", help="applications, deployments, replicas and readiness")
+    st.add_argument("--config")
+    st.set_defaults(func=cmd_status)
+
+    chat = sub.add_parser("chat", help="send one chat message and stream the answer")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", help="model group (default: the config's first)")
+    chat.add_argument("--config")
+    chat.add_argument("--url", help="gateway base URL (default: from the config)")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.set_defaults(func=cmd_chat)
+
+    config = sub.add_parser("config", help="platform config files").add_subparsers(dest="config_cmd", required=True)
+    val = config.add_parser("validate", help="validate config files; print errors with field paths")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_config_validate)
+    show = config.add_parser("show", help="print a config with all defaults filled in")
+    show.add_argument("file", nargs="?")
+    show.set_defaults(func=cmd_config_show)
+
+    models = sub.add_parser("models", help="model sources").add_subparsers(dest="models_cmd", required=True)
+    build = models.add_parser("pull", help="build a builtin model or download a Hugging Face model into the cache")
+    build.add_argument("source", help="builtin:smollm2-135m-instruct, builtin:tiny-llama, catalog:NAME, hf:ORG/REPO")
+    build.add_argument("--revision")
+    build.set_defaults(func=cmd_models_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""The Engine interface the gateway calls, and the errors an engine call may raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+Endpoint = Literal["chat", "completions"]
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot take the request now (no ready replica, replica died, back-pressure)."""
+
+
+class EngineTimeout(Exception):
+    """The engine did not answer within the deadline."""
+
+
+class EngineFailed(Exception):
+    """The engine raised while serving the request (a server-side fault, not a client error)."""
+
+
+class Engine(Protocol):
+    """A model served behind the gateway.
+
+    `generate` yields, for a streamed request, SSE strings (`"data: {...}\\n\\n"`, ending in
+    `"data: [DONE]\\n\\n"`); for a non-streamed request, one response object with `model_dump_json()`
+    and `usage`; or, first and only, an error object with `.error.{message,type,param,code}` for a
+    request the engine rejects (e.g. context length exceeded).
+    """
+
+    name: str
+
+    def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
+        """Start one request; raise `EngineUnavailable`/`EngineTimeout`/`EngineFailed` on faults."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise if the engine is not ready to serve."""
+        ...

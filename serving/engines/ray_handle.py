@@ -1,0 +1,57 @@
+"""`Engine` over a Ray Serve LLM `LLMServer` deployment, called through its DeploymentHandle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray.exceptions
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle
+
+from serving.engines.base import Endpoint, EngineFailed, EngineUnavailable
+
+_UNAVAILABLE = (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+)
+
+
+class RayLLMEngine:
+    """Streams from an `LLMServer` replica; flattens Ray Serve LLM's per-interval lists of SSE chunks."""
+
+    def __init__(self, name: str, handle: DeploymentHandle):
+        self.name = name
+        self._stream_handle = handle.options(stream=True)
+        self._handle = handle
+
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
+        method = self._stream_handle.chat if endpoint == "chat" else self._stream_handle.completions
+        responses = method.remote(request)
+        finished = False
+        try:
+            async for item in responses:
+                if type(item) is list:
+                    for sub in item:
+                        yield sub
+                else:
+                    yield item
+            finished = True
+        except _UNAVAILABLE as exc:
+            raise EngineUnavailable(f"engine {self.name} is unavailable: {type(exc).__name__}") from exc
+        except RequestCancelledError:
+            raise
+        except ray.exceptions.RayTaskError as exc:
+            cause = type(exc.cause).__name__ if getattr(exc, "cause", None) else "error"
+            raise EngineFailed(f"engine {self.name} failed: {cause}") from exc
+        finally:
+            if not finished:
+                responses.cancel()  # the client went away or we failed: abort the request in vLLM
+
+    async def check_health(self) -> None:
+        try:
+            await self._handle.check_health.remote()
+        except _UNAVAILABLE as exc:
+            raise EngineUnavailable(f"engine {self.name} is unavailable: {type(exc).__name__}") from exc

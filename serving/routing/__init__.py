@@ -1,0 +1,1 @@
+"""Routing: which engine serves a request sent to a model group."""
