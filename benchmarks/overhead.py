@@ -167,7 +167,7 @@ def start_bare_vllm(model_dir: Path, port: int, logf: Path) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "tiny", "--enforce-eager", "--max-model-len", "2048",
-           "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests"]
+           "--host", "127.0.0.1", "--port", str(port)]
     log("starting bare vLLM: " + " ".join(cmd[2:]))
     proc = subprocess.Popen(cmd, env=env, stdout=logf.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     wait_http(f"http://127.0.0.1:{port}/v1/models", 300, proc)

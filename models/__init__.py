@@ -1,1 +1,1 @@
-"""Model artefacts for the serving platform: built-in CPU models, the production catalog, source resolution."""
+"""Model artefacts for the serving platform: built-in CPU models, the catalog, source resolution."""

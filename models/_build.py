@@ -83,7 +83,7 @@ def _make_readable(directory: Path) -> None:
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory to ``target``, replacing an old build (renames on one filesystem)."""
+    """Move the finished ``tmp`` directory to ``target``, replacing an old build (same-filesystem renames)."""
     if target.exists() or target.is_symlink():
         old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         os.rename(target, old)
@@ -146,8 +146,8 @@ def ensure_built(
 def patch_tokenizer_config(directory: Path, *, chat_template: str, model_max_length: int) -> None:
     """Make ``tokenizer_config.json`` self-contained and portable across transformers versions.
 
-    The chat template goes into the config itself (a separate ``chat_template.jinja`` is removed), the class is
-    the long-standing ``PreTrainedTokenizerFast`` and load-time-only keys are dropped.
+    The chat template goes into the config itself (a separate ``chat_template.jinja`` is removed), the class
+    is the long-standing ``PreTrainedTokenizerFast`` and load-time-only keys are dropped.
     """
     path = directory / "tokenizer_config.json"
     config = json.loads(path.read_text())

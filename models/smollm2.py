@@ -57,7 +57,7 @@ def _convert(gguf: Path, out: Path) -> None:
         if bars:
             hf_logging.enable_progress_bar()
     model = model.to(torch.bfloat16)
-    # transformers refuses to save a model loaded through the GGUF quantizer; the weights are plain tensors now.
+    # transformers refuses to save a model loaded through the GGUF quantizer; its weights are plain now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -73,7 +73,7 @@ def build_smollm2(cache: Path | None = None, *, progress: Callable[[str], None] 
     """Build (or reuse) ``<cache>/models/smollm2-135m-instruct`` and return its path.
 
     ``cache`` defaults to :func:`models.cache.cache_dir`. Reuses a build whose manifest matches the source
-    GGUF's sha256 and this builder's version and whose files verify; otherwise rebuilds (about 30 s, 1 GB RAM).
+    GGUF's sha256 and this builder's version and whose files verify; otherwise rebuilds (~30 s, 1 GB RAM).
     """
     source = gguf_path()
     target = models_dir(cache) / NAME

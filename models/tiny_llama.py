@@ -1,8 +1,8 @@
 """A tiny random-weight Llama (about 3.2M parameters) with a real BPE tokenizer, built offline in seconds.
 
 Good for fast tests that exercise structure (loading, chat templates, streaming, batching), not text quality.
-The tokenizer is a 4096-token byte-level BPE trained with ``tokenizers`` on an English corpus generated in code,
-so it is the same for every seed; the seed only changes the weights.
+The tokenizer is a 4096-token byte-level BPE trained with ``tokenizers`` on an English corpus generated in
+code, so it is the same for every seed; the seed only changes the weights.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from models.cache import models_dir
 
 NAME = "tiny-llama"
 # Bump when the architecture, corpus or tokenizer recipe changes: cached builds are then rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 VOCAB_SIZE = 4096
 MAX_POSITION_EMBEDDINGS = 2048
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -31,9 +31,10 @@ CHAT_TEMPLATE = (
 )
 
 _SUBJECTS = (
-    "the cat", "a young engineer", "my neighbour", "the old farmer", "our team", "the teacher", "a small robot",
-    "the river", "every student", "the pilot", "her brother", "the committee", "a curious child", "the doctor",
-    "the city council", "a tired traveller", "the model", "the server", "the gardener", "this library",
+    "the cat", "a young engineer", "my neighbour", "the old farmer", "our team", "the teacher",
+    "a small robot", "the river", "every student", "the pilot", "her brother", "the committee",
+    "a curious child", "the doctor", "the city council", "a tired traveller", "the model", "the server",
+    "the gardener", "this library",
 )
 _VERBS = (
     "finds", "builds", "reads", "paints", "carries", "measures", "watches", "repairs", "describes", "follows",
@@ -42,7 +43,8 @@ _VERBS = (
 _OBJECTS = (
     "a red apple", "the long report", "three wooden boxes", "an old map", "the new bridge", "a quiet song",
     "the broken clock", "every request", "a simple question", "the morning train", "two blue birds",
-    "the heavy door", "a bright lamp", "the final answer", "a warm coat", "the latest release", "the schedule",
+    "the heavy door", "a bright lamp", "the final answer", "a warm coat", "the latest release",
+    "the schedule",
 )
 _PLACES = (
     "in the garden", "near the station", "at the market", "on the hill", "by the lake", "in the kitchen",
@@ -74,17 +76,22 @@ def corpus(num_sentences: int = 1500, *, seed: int = 1234) -> Iterator[str]:
         subject, verb, obj = rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS)
         kind = index % 6
         if kind == 0:
-            line = f"{subject.capitalize()} {verb} {obj} {rng.choice(_PLACES)} {rng.choice(_TIMES)}."
+            place, time = rng.choice(_PLACES), rng.choice(_TIMES)
+            line = f"{subject.capitalize()} {verb} {obj} {place} {time}."
         elif kind == 1:
             line = f"{name} is a {rng.choice(_ADJECTIVES)} person who {verb} {obj}."
         elif kind == 2:
             line = f"{rng.choice(_QUESTIONS)} {name} said that {subject} {verb} {obj}."
         elif kind == 3:
-            line = f"In {rng.randint(1900, 2030)}, {name} counted {rng.randint(2, 9999)} items {rng.choice(_PLACES)}."
+            year, count, place = rng.randint(1900, 2030), rng.randint(2, 9999), rng.choice(_PLACES)
+            line = f"In {year}, {name} counted {count} items {place}."
         elif kind == 4:
-            line = f"\"{rng.choice(_ADJECTIVES).capitalize()} work, {name}!\" {subject} {verb} {obj} {rng.choice(_TIMES)}."
+            adjective, time = rng.choice(_ADJECTIVES), rng.choice(_TIMES)
+            line = f'"{adjective.capitalize()} work, {name}!" {subject} {verb} {obj} {time}.'
         else:
-            line = f"{name} and {name.lower()}{rng.choice(_SYLLABLES)} {verb.rstrip('s')} {obj}; it costs ${rng.randint(1, 500)}.{rng.randint(0, 99):02d}."
+            friend = name.lower() + rng.choice(_SYLLABLES)
+            price = f"${rng.randint(1, 500)}.{rng.randint(0, 99):02d}"
+            line = f"{name} and {friend} {verb.rstrip('s')} {obj}; it costs {price}."
         yield line
 
 
@@ -147,7 +154,7 @@ def _build(out: Path, seed: int) -> None:
 
 
 def default_dir(seed: int = 0, cache: Path | None = None) -> Path:
-    """Where :func:`build_tiny_llama` puts a seed's model by default: ``<cache>/models/tiny-llama-seed<N>``."""
+    """Default output of :func:`build_tiny_llama` for ``seed``: ``<cache>/models/tiny-llama-seed<N>``."""
     return models_dir(cache) / f"{NAME}-seed{seed}"
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+_PATH_PREFIX = re.compile(r"^[a-z_]+(\.[\w.-]+)+: ")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 """Engine and model-group names: lower-case DNS-like labels (they become Ray Serve and Kubernetes names)."""
 
@@ -78,6 +79,14 @@ class EngineConfig(_Strict):
 
         parse_model_source(value)  # raises ValueError with the reason
         return value
+
+    @model_validator(mode="after")
+    def _source_with_revision(self) -> EngineConfig:
+        from models.loader import parse_model_source
+
+        if self.revision is not None:
+            parse_model_source(self.model, revision=self.revision)  # builtin/path take none; inline must agree
+        return self
 
     @model_validator(mode="after")
     def _device_consistency(self) -> EngineConfig:
@@ -165,10 +174,10 @@ class PlatformConfig(_Strict):
     @model_validator(mode="after")
     def _references(self) -> PlatformConfig:
         for group_name, group in self.model_groups.items():
-            for member in group.engines:
+            for i, member in enumerate(group.engines):
                 if member.engine not in self.engines:
                     raise ValueError(
-                        f"model_groups.{group_name}: unknown engine {member.engine!r} "
+                        f"model_groups.{group_name}.engines.{i}.engine: unknown engine {member.engine!r} "
                         f"(defined: {', '.join(sorted(self.engines))})"
                     )
         return self
@@ -187,9 +196,10 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     """Render pydantic errors as `dotted.path: message` lines."""
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(root)"
+        path = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {msg}")
+        # Cross-field checks on the root name their own path (`model_groups.g: unknown engine ...`).
+        lines.append(f"{path}: {msg}" if path else msg if _PATH_PREFIX.match(msg) else f"(root): {msg}")
     return lines
 
 

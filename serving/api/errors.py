@@ -78,8 +78,8 @@ def from_engine_error(error: Any) -> APIError:
         logger.warning("engine error %s: %s", status, message)
         return APIError(502 if status == 500 else status, "the engine failed to serve the request",
                         code="engine_error")
-    return APIError(status, message, type=getattr(info, "type", None) or None,
-                    param=getattr(info, "param", None), code=code)
+    # OpenAI's error types by status (vLLM says "BadRequestError" where OpenAI says "invalid_request_error").
+    return APIError(status, message, param=getattr(info, "param", None), code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -29,7 +29,8 @@ class GatewayDeployment:
     def __init__(self, settings: dict[str, Any], engines: dict[str, DeploymentHandle]):
         self._settings = GatewayConfig.model_validate(settings)
         self._router = GroupRouter({n: RayLLMEngine(n, h) for n, h in engines.items()}, {})
-        self._app = build_api(self._router, self._settings)
+        # Ray Serve's HTTP proxy (or its direct-ingress server) already returns x-request-id.
+        self._app = build_api(self._router, self._settings, add_request_id=False)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new group table (traffic weights) without restarting the replica."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,16 +25,21 @@ from serving.engines.base import Engine, EngineFailed, EngineTimeout, EngineUnav
 from serving.observability.metrics import GatewayMetrics
 from serving.routing.groups import GroupRouter, UnknownModel
 
-REQUEST_ID_HEADER = "x-request-id"
+logger = logging.getLogger("serving.gateway")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _DONE = "data: [DONE]\n\n"
 
 
 class RequestIdMiddleware:
-    """Gives every response an `x-request-id` (the client's, if it sent one)."""
+    """Gives every response an `x-request-id` (the client's, if it sent one).
 
-    def __init__(self, app: ASGIApp):
+    Behind Ray Serve's HTTP proxy, the proxy already sets the header (from the client's or a new id) and
+    `add_header=False` avoids a duplicate; the id is still put in `scope["state"]` for logs.
+    """
+
+    def __init__(self, app: ASGIApp, add_header: bool = True):
         self.app = app
+        self.add_header = add_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +50,11 @@ class RequestIdMiddleware:
             if key == b"x-request-id":
                 rid = value.decode("latin-1")[:128]
                 break
+        if not self.add_header:
+            if rid:
+                scope.setdefault("state", {})["request_id"] = rid
+            await self.app(scope, receive, send)
+            return
         if not rid:
             rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
@@ -78,21 +89,18 @@ class Gateway:
 
     async def handle(self, request: Request, endpoint: str, parse: Callable[[bytes], ParsedRequest]) -> Response:
         start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            raise APIError(413, f"The request body is larger than {self.settings.max_body_bytes} bytes.")
-        raw = await request.body()
-        if len(raw) > self.settings.max_body_bytes:
-            raise APIError(413, f"The request body is larger than {self.settings.max_body_bytes} bytes.")
-        parsed = parse(raw)
         try:
+            parsed = parse(await self._read_body(request))
             group, engine = self.router.route(parsed.model)
-        except UnknownModel:
-            self.metrics.requests.labels("unknown", "", endpoint, "404").inc()
+        except UnknownModel as exc:
+            self._record("unknown", "", endpoint, 404, start)
             raise APIError(
-                404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
+                404, f"The model `{exc.args[0]}` does not exist or you do not have access to it.",
                 param="model", code="model_not_found",
             ) from None
+        except APIError as exc:
+            self._record("unknown", "", endpoint, exc.status, start)
+            raise
         parsed.request.model = engine.name
         in_flight = self.metrics.in_flight.labels(group.name)
         in_flight.inc()
@@ -108,9 +116,23 @@ class Gateway:
             usage = getattr(first, "usage", None)
             self._record(group.name, engine.name, endpoint, 200, start, usage=usage)
             return Response(first.model_dump_json(exclude_unset=True), media_type="application/json",
-                             headers=headers)
-        body = self._relay(gen, first, parsed.client_usage, group.name, engine.name, endpoint, start, in_flight)
-        return StreamingResponse(body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+                            headers=headers)
+        stream = _Stream(self, gen, group.name, engine.name, endpoint, start, in_flight)
+        return _RelayResponse(stream, stream.relay(first, parsed.client_usage), media_type="text/event-stream",
+                              headers={**SSE_HEADERS, **headers})
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise APIError(413, f"The request body is larger than {limit} bytes.")
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise APIError(413, f"The request body is larger than {limit} bytes.")
+            parts.append(part)
+        return b"".join(parts)
 
     async def _start(self, engine: Engine, endpoint: str, parsed: ParsedRequest) -> tuple[AsyncIterator[Any], Any]:
         """Send the request and wait for the engine's first item (answer, first chunk or error)."""
@@ -128,40 +150,13 @@ class Gateway:
                            headers={"retry-after": "1"}) from None
         except EngineFailed as exc:
             raise APIError(502, str(exc), code="engine_error") from None
+        except Exception:
+            logger.exception("engine %s failed before answering", engine.name)
+            raise APIError(502, f"engine {engine.name} failed to serve the request", code="engine_error") from None
         if _is_error(first):
             await gen.aclose()
             raise from_engine_error(first)
         return gen, first
-
-    async def _relay(self, gen: AsyncIterator[Any], first: str, client_usage: bool, group: str, engine: str,
-                     endpoint: str, start: float, in_flight: Any) -> AsyncIterator[str]:
-        """Pass the engine's SSE chunks through untouched; take usage from the final usage chunk."""
-        t_first = time.perf_counter()
-        self.metrics.ttft.labels(group, engine).observe(t_first - start)
-        usage: dict[str, Any] | None = None
-        status = 200
-        try:
-            chunk = first
-            while True:
-                if chunk.startswith('data: {"id"') and '"choices":[]' in chunk and '"usage":{' in chunk:
-                    usage = json.loads(chunk[6:]).get("usage")
-                    if client_usage:
-                        yield chunk
-                else:
-                    yield chunk
-                try:
-                    chunk = await gen.__anext__()
-                except StopAsyncIteration:
-                    break
-        except (EngineUnavailable, EngineFailed, EngineTimeout) as exc:
-            # Bytes already went out: end the stream with an error event in the OpenAI shape.
-            status = 503 if isinstance(exc, EngineUnavailable) else 502
-            yield _error_event(APIError(status, str(exc), code="engine_error"))
-            yield _DONE
-        finally:
-            in_flight.dec()
-            await gen.aclose()
-            self._record(group, engine, endpoint, status, start, usage=usage, t_first=t_first)
 
     def _record(self, group: str, engine: str, endpoint: str, status: int, start: float, *,
                 usage: Any = None, t_first: float | None = None) -> None:
@@ -202,13 +197,87 @@ class Gateway:
         return all(s == "ready" for s in states), result
 
 
-def build_api(router: GroupRouter, settings: GatewayConfig, metrics: GatewayMetrics | None = None) -> FastAPI:
-    """The gateway's ASGI app."""
+class _Stream:
+    """One streamed answer: relays the engine's chunks and does the bookkeeping exactly once."""
+
+    def __init__(self, gw: Gateway, gen: AsyncIterator[Any], group: str, engine: str, endpoint: str, start: float,
+                 in_flight: Any):
+        self.gw, self.gen, self.group, self.engine, self.endpoint = gw, gen, group, engine, endpoint
+        self.start, self.in_flight = start, in_flight
+        self.t_first: float | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+
+    async def relay(self, first: str, client_usage: bool) -> AsyncIterator[str]:
+        """Pass the engine's SSE chunks through untouched; take usage from the final usage chunk."""
+        self.t_first = time.perf_counter()
+        self.gw.metrics.ttft.labels(self.group, self.engine).observe(self.t_first - self.start)
+        status = 200
+        gen = self.gen
+        try:
+            chunk = first
+            while True:
+                if chunk.startswith('data: {"id"') and '"choices":[]' in chunk and '"usage":{' in chunk:
+                    self.usage = json.loads(chunk[6:]).get("usage")
+                    if client_usage:
+                        yield chunk
+                else:
+                    yield chunk
+                try:
+                    chunk = await gen.__anext__()
+                except StopAsyncIteration:
+                    break
+        except Exception as exc:
+            # Bytes already went out: end the stream with an error event in the OpenAI shape.
+            if isinstance(exc, EngineUnavailable):
+                status, message = 503, str(exc)
+            elif isinstance(exc, (EngineFailed, EngineTimeout)):
+                status, message = 502, str(exc)
+            else:
+                logger.exception("engine %s failed while streaming", self.engine)
+                status, message = 502, f"engine {self.engine} failed while streaming"
+            yield _error_event(APIError(status, message, code="engine_error"))
+            yield _DONE
+        finally:
+            await self.finish(status)
+
+    async def finish(self, status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.in_flight.dec()
+        await self.gen.aclose()
+        self.gw._record(self.group, self.engine, self.endpoint, status, self.start, usage=self.usage,
+                        t_first=self.t_first)
+
+
+class _RelayResponse(StreamingResponse):
+    """Makes sure the stream's bookkeeping runs even if the client left before the body started (499)."""
+
+    def __init__(self, stream: _Stream, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.finish(499)
+
+
+def build_api(
+    router: GroupRouter,
+    settings: GatewayConfig,
+    metrics: GatewayMetrics | None = None,
+    *,
+    add_request_id: bool = True,
+) -> FastAPI:
+    """The gateway's ASGI app; `add_request_id=False` when a front proxy (Ray Serve's) sets x-request-id."""
     gw = Gateway(router, settings, metrics or GatewayMetrics())
     app = FastAPI(title="serving gateway", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, add_header=add_request_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -7,7 +7,6 @@ gpu_memory_utilization and prefix caching).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving.config import EngineConfig
@@ -33,14 +32,13 @@ def resolve_model_path(engine: EngineConfig) -> tuple[str, dict[str, Any]]:
     """
     from models.loader import parse_model_source, resolve_model_source
 
-    source = parse_model_source(engine.model)
+    source = parse_model_source(engine.model, revision=engine.revision)
     if source.kind == "hf":
-        revision = engine.revision or source.revision
-        return source.repo_id, ({"revision": revision} if revision else {})
+        return source.repo_id, ({"revision": source.revision} if source.revision else {})
     return str(resolve_model_source(engine.model, revision=engine.revision)), {}
 
 
-def engine_kwargs(engine: EngineConfig, model_path: str | Path | None = None) -> dict[str, Any]:
+def engine_kwargs(engine: EngineConfig) -> dict[str, Any]:
     """vLLM engine arguments generated from the engine config (user `engine_kwargs` win)."""
     kwargs: dict[str, Any] = {"dtype": engine.dtype}
     if engine.max_model_len is not None:

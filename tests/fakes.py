@@ -1,0 +1,238 @@
+"""Test doubles for the gateway: an `Engine` that answers like vLLM behind Ray Serve LLM, without either.
+
+`FakeEngine` yields what `RayLLMEngine` yields from a real `LLMServer` replica (after flattening Ray Serve
+LLM's per-interval lists):
+
+* streamed request: SSE strings built from vLLM's own protocol models, serialized the way vLLM's
+  `OpenAIServingChat` / `OpenAIServingCompletion` do: a first chat chunk with `role: assistant`, one
+  content delta per token, a finish chunk with `finish_reason`, then (when `stream_options.include_usage`)
+  a usage chunk `{"id":…,"object":…,"created":…,"model":…,"choices":[],"usage":{…}}`, then `data: [DONE]`;
+* non-streamed request: one `ChatCompletionResponse` / `CompletionResponse` with usage (rebuilt from
+  `model_dump()` like Ray Serve LLM's `VLLMEngine.chat` does, so every field counts as set);
+* a request vLLM rejects: an `ErrorResponse` first and only (e.g. context length exceeded, code 400).
+
+Faults are configured per instance: `unavailable` (raise `EngineUnavailable` before the first item),
+`fail_after=k` (raise `fail_with`, by default `EngineFailed`, after k streamed chunks), `error=` (yield an
+error object), `hang` (never answer), `crash` (raise an unexpected exception before the first item),
+`healthy=False` (health check fails). Delays: `first_token_delay_s`, `token_delay_s` (between chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.serve.llm.openai_api_models import (
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    CompletionResponse,
+    CompletionStreamResponse,
+    ErrorResponse,
+)
+
+from serving.engines.base import EngineFailed, EngineUnavailable
+
+DONE = "data: [DONE]\n\n"
+DEFAULT_REPLY = "The capital of France is Paris."
+
+
+def tokenize(text: str) -> list[str]:
+    """The fake's tokens: words with their leading whitespace (`"a b"` -> `["a", " b"]`)."""
+    return re.findall(r"\s*\S+", text)
+
+
+def context_length_error(max_len: int = 2048, requested: int = 5000) -> ErrorResponse:
+    """The error object vLLM answers for a prompt longer than the model's context (HTTP 400)."""
+    return ErrorResponse(
+        error={
+            "message": (
+                f"This model's maximum context length is {max_len} tokens. However, you requested "
+                f"{requested} tokens ({requested - 16} in the messages, 16 in the completion). "
+                "Please reduce the length of the messages or completion."
+            ),
+            "type": "BadRequestError",
+            "param": "input_tokens",
+            "code": 400,
+        }
+    )
+
+
+def sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+@dataclass
+class Call:
+    """One request the engine received."""
+
+    endpoint: str
+    request: Any
+
+
+@dataclass
+class FakeEngine:
+    """An `Engine` (serving.engines.base) answering like vLLM behind Ray Serve LLM."""
+
+    name: str
+    reply: str = DEFAULT_REPLY
+    prompt_tokens: int = 11
+    token_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0
+    unavailable: bool = False
+    fail_after: int | None = None
+    fail_with: type[BaseException] = EngineFailed
+    error: Any = None
+    hang: bool = False
+    crash: bool = False
+    healthy: bool = True
+    calls: list[Call] = field(default_factory=list)
+    started: int = 0
+    closed: int = 0
+
+    # -- what a test inspects -------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[Any]:
+        return [c.request for c in self.calls]
+
+    @property
+    def last_request(self) -> Any:
+        assert self.calls, f"engine {self.name} received no request"
+        return self.calls[-1].request
+
+    def tokens_for(self, request: Any) -> tuple[list[str], str]:
+        """The tokens this engine answers `request` with, and the finish reason (max_tokens applies)."""
+        tokens = tokenize(self.reply)
+        limit = getattr(request, "max_completion_tokens", None) or getattr(request, "max_tokens", None)
+        if limit is not None and limit < len(tokens):
+            return tokens[:limit], "length"
+        return tokens, "stop"
+
+    # -- the Engine protocol --------------------------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise EngineUnavailable(f"engine {self.name} is unavailable: ReplicaUnavailable")
+
+    async def generate(self, endpoint: str, request: Any) -> AsyncIterator[Any]:
+        self.calls.append(Call(endpoint, request.model_copy(deep=True)))
+        self.started += 1
+        try:
+            if self.unavailable:
+                raise EngineUnavailable(f"engine {self.name} is unavailable: DeploymentUnavailableError")
+            if self.crash:
+                raise RuntimeError("unexpected failure inside the engine client")
+            if self.hang:
+                await asyncio.Event().wait()
+            if self.first_token_delay_s:
+                await asyncio.sleep(self.first_token_delay_s)
+            if self.error is not None:
+                yield self.error
+                return
+            if getattr(request, "stream", False):
+                chunks = self._chat_chunks(request) if endpoint == "chat" else self._completion_chunks(request)
+                for i, chunk in enumerate(chunks):
+                    if self.fail_after is not None and i >= self.fail_after:
+                        raise self.fail_with(f"engine {self.name} failed: EngineDeadError")
+                    if i and self.token_delay_s:
+                        await asyncio.sleep(self.token_delay_s)
+                    yield chunk
+            else:
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s * len(self.tokens_for(request)[0]))
+                yield self._chat_response(request) if endpoint == "chat" else self._completion_response(request)
+        finally:
+            self.closed += 1
+
+    # -- vLLM's wire format ---------------------------------------------------------------------------------
+
+    def _usage(self, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    @staticmethod
+    def _include_usage(request: Any) -> bool:
+        opts = getattr(request, "stream_options", None)
+        return bool(opts is not None and opts.include_usage)
+
+    def _chat_chunks(self, request: Any) -> list[str]:
+        rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model
+        tokens, finish = self.tokens_for(request)
+        n = request.n or 1
+
+        def chunk(choices: list[dict[str, Any]]) -> str:
+            return sse(ChatCompletionStreamResponse(
+                id=rid, object="chat.completion.chunk", created=created, model=model, choices=choices,
+            ).model_dump_json(exclude_unset=True))
+
+        out = [chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                       "finish_reason": None}]) for i in range(n)]
+        for i in range(n):
+            body = tokens if finish == "stop" else tokens[:-1]
+            out += [chunk([{"index": i, "delta": {"content": t}, "logprobs": None, "finish_reason": None}])
+                    for t in body]
+            last = "" if finish == "stop" else tokens[-1]
+            out.append(chunk([{"index": i, "delta": {"content": last}, "logprobs": None,
+                               "finish_reason": finish, "stop_reason": None}]))
+        if self._include_usage(request):
+            usage = ChatCompletionStreamResponse(
+                id=rid, object="chat.completion.chunk", created=created, model=model, choices=[],
+                usage=self._usage(n * len(tokens)),
+            )
+            out.append(sse(usage.model_dump_json(exclude_unset=True, exclude_none=True)))
+        out.append(DONE)
+        return out
+
+    def _completion_chunks(self, request: Any) -> list[str]:
+        rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), request.model
+        tokens, finish = self.tokens_for(request)
+        n = request.n or 1
+
+        def chunk(index: int, text: str, finish_reason: str | None) -> str:
+            return sse(CompletionStreamResponse(
+                id=rid, object="text_completion", created=created, model=model,
+                choices=[{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
+                          "stop_reason": None}],
+            ).model_dump_json(exclude_unset=True))
+
+        out = []
+        for i in range(n):
+            out += [chunk(i, t, None) for t in tokens[:-1]]
+            out.append(chunk(i, tokens[-1], finish))
+        if self._include_usage(request):
+            usage = CompletionStreamResponse(
+                id=rid, created=created, model=model, choices=[], usage=self._usage(n * len(tokens)),
+            )
+            out.append(sse(usage.model_dump_json(exclude_unset=False, exclude_none=True)))
+        out.append(DONE)
+        return out
+
+    def _chat_response(self, request: Any) -> ChatCompletionResponse:
+        tokens, finish = self.tokens_for(request)
+        n = request.n or 1
+        resp = ChatCompletionResponse(
+            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=request.model,
+            choices=[{"index": i, "message": {"role": "assistant", "content": "".join(tokens)},
+                      "logprobs": None, "finish_reason": finish, "stop_reason": None} for i in range(n)],
+            usage=self._usage(n * len(tokens)),
+        )
+        return ChatCompletionResponse(**resp.model_dump())  # as Ray Serve LLM's VLLMEngine.chat rebuilds it
+
+    def _completion_response(self, request: Any) -> CompletionResponse:
+        tokens, finish = self.tokens_for(request)
+        n = request.n or 1
+        resp = CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=request.model,
+            choices=[{"index": i, "text": "".join(tokens), "logprobs": None, "finish_reason": finish,
+                      "stop_reason": None} for i in range(n)],
+            usage=self._usage(n * len(tokens)),
+        )
+        return CompletionResponse(**resp.model_dump())
