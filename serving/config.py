@@ -152,6 +152,28 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs for a local Ray (default: the machine's).")
     metrics_export_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus port (vLLM metrics).")
     app_name: str = "serving"
+    serve_ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
+        description=(
+            "haproxy: Ray Serve's HAProxy mode: HAProxy forwards HTTP straight to each gateway replica's own "
+            "HTTP server (direct ingress). proxy: Ray Serve's Python HTTP proxy actor relays every request "
+            "and every streamed chunk (one more process hop; see docs/benchmarks.md)."
+        ),
+    )
+    throughput_optimized: bool = Field(
+        True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED: gRPC between deployments, user code on the replica loop."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the Ray cluster processes.")
+
+    def cluster_env(self) -> dict[str, str]:
+        """Environment the Ray cluster processes need for these settings (set before `ray start`)."""
+        env = {"RAY_USAGE_STATS_ENABLED": "0"}
+        if self.serve_ingress == "haproxy":
+            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        if self.throughput_optimized:
+            env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        env.update(self.env)
+        return env
 
 
 class PlatformConfig(_Strict):
