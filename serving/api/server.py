@@ -24,6 +24,7 @@ from serving.config import GatewayConfig
 from serving.engines.base import Engine, EngineFailed, EngineTimeout, EngineUnavailable
 from serving.observability.metrics import GatewayMetrics
 from serving.routing.groups import GroupRouter, UnknownModel
+from serving.routing.health import EngineHealth
 
 logger = logging.getLogger("serving.gateway")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -70,6 +71,17 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+_CLIENT_GONE = object()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only `http.disconnect` can come)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 def _is_error(item: Any) -> bool:
     return not isinstance(item, str) and hasattr(item, "error") and not hasattr(item, "choices")
 
@@ -86,6 +98,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics
         self.created = int(time.time())
+        self.health = EngineHealth(router, settings.health_interval_s, settings.health_timeout_s)
 
     async def handle(self, request: Request, endpoint: str, parse: Callable[[bytes], ParsedRequest]) -> Response:
         start = time.perf_counter()
@@ -101,15 +114,28 @@ class Gateway:
         except APIError as exc:
             self._record("unknown", "", endpoint, exc.status, start)
             raise
+        engine = self.health.choose(group, engine)
+        if engine is None:
+            self._record(group.name, "", endpoint, 503, start)
+            raise APIError(503, f"no engine of model group {group.name} is available now; retry later",
+                           code="engine_unavailable", headers={"retry-after": "2"})
         parsed.request.model = engine.name
         in_flight = self.metrics.in_flight.labels(group.name)
         in_flight.inc()
         try:
-            gen, first = await self._start(engine, endpoint, parsed)
+            gen, first = await self._start(engine, endpoint, parsed, request)
         except APIError as exc:
             in_flight.dec()
             self._record(group.name, engine.name, endpoint, exc.status, start)
             raise
+        except BaseException:  # cancelled: the client went away and the server dropped the handler
+            in_flight.dec()
+            self._record(group.name, engine.name, endpoint, 499, start)
+            raise
+        if first is _CLIENT_GONE:
+            in_flight.dec()
+            self._record(group.name, engine.name, endpoint, 499, start)
+            return Response(status_code=499)
         headers = {"x-serving-model": engine.name}
         if not parsed.stream:
             in_flight.dec()
@@ -134,18 +160,46 @@ class Gateway:
             parts.append(part)
         return b"".join(parts)
 
-    async def _start(self, engine: Engine, endpoint: str, parsed: ParsedRequest) -> tuple[AsyncIterator[Any], Any]:
-        """Send the request and wait for the engine's first item (answer, first chunk or error)."""
+    async def _start(self, engine: Engine, endpoint: str, parsed: ParsedRequest,
+                     request: Request | None = None) -> tuple[AsyncIterator[Any], Any]:
+        """Send the request and wait for the engine's first item (answer, first chunk or error).
+
+        The wait races the client: if it disconnects first, the engine call is cancelled (vLLM aborts the
+        request) and `_CLIENT_GONE` is returned.
+        """
         gen = engine.generate(endpoint, parsed.request)  # type: ignore[arg-type]
+        first_item = asyncio.ensure_future(gen.__anext__())
+        waiters = {first_item}
+        gone = asyncio.ensure_future(_disconnected(request)) if request is not None else None
+        if gone is not None:
+            waiters.add(gone)
         try:
-            first = await asyncio.wait_for(gen.__anext__(), self.settings.request_timeout_s)
+            done, _ = await asyncio.wait(waiters, timeout=self.settings.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            first_item.cancel()
+            raise
+        finally:
+            if gone is not None:
+                gone.cancel()
+        if first_item not in done:
+            first_item.cancel()
+            await asyncio.gather(first_item, return_exceptions=True)
+            await gen.aclose()
+            if gone is not None and gone in done:
+                return gen, _CLIENT_GONE
+            raise APIError(504, f"engine {engine.name} did not answer within "
+                           f"{self.settings.request_timeout_s:g} s", code="timeout")
+        try:
+            first = first_item.result()
         except StopAsyncIteration:
             raise APIError(502, f"engine {engine.name} returned no answer", code="engine_error") from None
-        except (EngineTimeout, asyncio.TimeoutError):
+        except EngineTimeout:
             await gen.aclose()
             raise APIError(504, f"engine {engine.name} did not answer within "
                            f"{self.settings.request_timeout_s:g} s", code="timeout") from None
         except EngineUnavailable as exc:
+            self.health.mark_failed(engine.name)
             raise APIError(503, f"{exc}; retry later", code="engine_unavailable",
                            headers={"retry-after": "1"}) from None
         except EngineFailed as exc:
@@ -184,17 +238,8 @@ class Gateway:
                 "engines": [e.name for e in group.engines]}
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
-        async def probe(engine: Engine) -> str:
-            try:
-                await asyncio.wait_for(engine.check_health(), 5.0)
-                return "ready"
-            except Exception as exc:  # any failure means not ready; the reason is reported
-                return f"not ready: {type(exc).__name__}"
-
-        names = list(self.router.engines)
-        states = await asyncio.gather(*(probe(self.router.engines[n]) for n in names))
-        result = dict(zip(names, states, strict=True))
-        return all(s == "ready" for s in states), result
+        states = await self.health.probe_all()
+        return all(s == "ready" for s in states.values()), states
 
 
 class _Stream:
@@ -236,7 +281,8 @@ class _Stream:
             else:
                 logger.exception("engine %s failed while streaming", self.engine)
                 status, message = 502, f"engine {self.engine} failed while streaming"
-            yield _error_event(APIError(status, message, code="engine_error"))
+            code = "engine_unavailable" if status == 503 else "engine_error"
+            yield _error_event(APIError(status, message, code=code))
             yield _DONE
         finally:
             await self.finish(status)

