@@ -1,8 +1,10 @@
 """Front-end overhead: the platform (Ray Serve proxy -> gateway -> LLMServer) against bare vLLM, same model.
 
 Both servers run side by side on this machine with the same model (the tiny random Llama, ~3M parameters, so
-the engine is fast and front-end costs show). Rounds are interleaved (bare, platform, bare, platform, ...) and
-each round measures, streamed, with a fixed output length (`ignore_eos`):
+the engine is fast and front-end costs show). Rounds are interleaved (bare, platform, platform, bare, ...); while
+one server is measured the other's vLLM engine processes are paused (SIGSTOP), because an idle vLLM CPU worker
+busy-polls and would take one of the two cores. Each round measures, streamed, with a fixed output length
+(`ignore_eos`):
 
 * concurrency 1: TTFT p50/p95, inter-token latency (gap between content chunks) p50/p95, chunk sizes;
 * concurrency 8: output tokens/s, TTFT p50/p95, chunk gap p95;
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -125,7 +129,10 @@ async def run_level(target: Target, concurrency: int, n_requests: int, output_le
         queue.put_nowait(p)
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    # TCP_NODELAY like aiohttp (vLLM's benchmark client): without it Nagle + delayed ACKs stall some servers.
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=nodelay)
+    async with httpx.AsyncClient(timeout=120, transport=transport) as client:
         deadline = time.perf_counter() + max_seconds if max_seconds else None
 
         async def worker() -> None:
@@ -198,6 +205,29 @@ def profile_frontend(target: Target, seconds: float, out: Path) -> dict[str, Any
         raw.unlink()
     out.write_text("\n".join(lines) + "\n")
     return report
+
+
+def pause(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def measure(target: Target, others: list[Target], output_len: int, args: argparse.Namespace, r: int) -> dict:
+    """One round for one target. The other targets' vLLM engine processes are paused (SIGSTOP) meanwhile:
+    an idle vLLM CPU worker busy-polls its message queue and would take one of the machine's two cores."""
+    for other in others:
+        pause(other.engine_pids, signal.SIGSTOP)
+    pause(target.engine_pids, signal.SIGCONT)
+    try:
+        asyncio.run(run_level(target, 2, 4, 8, seed=555))  # settle after resume
+        return {
+            "c1": asyncio.run(run_level(target, 1, args.c1_requests, output_len, seed=r)),
+            "c8": asyncio.run(run_level(target, 8, args.c8_requests, output_len, seed=100 + r)),
+        }
+    finally:
+        for other in others:
+            pause(other.engine_pids, signal.SIGCONT)
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -368,10 +398,7 @@ def main() -> int:
             for r in range(args.rounds):
                 row: dict[str, Any] = {}
                 for t in targets if r % 2 == 0 else targets[::-1]:
-                    row[t.name] = {
-                        "c1": asyncio.run(run_level(t, 1, args.c1_requests, args.output_len, seed=r)),
-                        "c8": asyncio.run(run_level(t, 8, args.c8_requests, args.output_len, seed=100 + r)),
-                    }
+                    row[t.name] = measure(t, [o for o in targets if o is not t], args.output_len, args, r)
                     c1, c8 = row[t.name]["c1"], row[t.name]["c8"]
                     log(f"[{ingress}] round {r + 1} {t.name}: c1 TTFT p50 {c1['ttft_p50_ms']:.1f} ms, "
                         f"gap p95 {c1['itl_p95_ms']:.1f} ms; c8 {c8['output_tokens_per_s']:.0f} tok/s, "
@@ -380,13 +407,24 @@ def main() -> int:
             if args.profile:
                 out = RESULTS / f"overhead-profile-{ingress}.txt"
                 log(f"profiling the front-end processes of {platform.name} for {args.profile:g} s -> {out}")
-                profiles[platform.name] = profile_frontend(platform, args.profile, out)
+                pause(bare.engine_pids, signal.SIGSTOP)
+                try:
+                    profiles[platform.name] = profile_frontend(platform, args.profile, out)
+                finally:
+                    pause(bare.engine_pids, signal.SIGCONT)
             if not args.no_vllm_bench:
                 for t in targets:
-                    for c in (1, 8):
-                        log(f"vllm.benchmarks.serve against {t.name}, concurrency {c}")
-                        vllm_bench[f"{ingress}/{t.name}-c{c}"] = run_vllm_bench(
-                            t, c, 16 if c == 1 else 64, args.output_len, RESULTS)
+                    others = [o for o in targets if o is not t]
+                    for o in others:
+                        pause(o.engine_pids, signal.SIGSTOP)
+                    try:
+                        for c in (1, 8):
+                            log(f"vllm.benchmarks.serve against {t.name}, concurrency {c}")
+                            vllm_bench[f"{ingress}/{t.name}-c{c}"] = run_vllm_bench(
+                                t, c, 16 if c == 1 else 64, args.output_len, RESULTS)
+                    finally:
+                        for o in others:
+                            pause(o.engine_pids, signal.SIGCONT)
             subprocess.run([serving, "down"], capture_output=True)
     finally:
         os.killpg(bare_proc.pid, signal.SIGTERM)
