@@ -44,14 +44,9 @@ def _ray_env(cfg: PlatformConfig | None = None) -> dict[str, str]:
 
 def _start_local_ray(cfg: PlatformConfig) -> str:
     """Start a local Ray head (detached) unless one is running; return its address."""
-    import ray
-
-    try:
-        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    if _connect():
         _say("using the running local Ray cluster (its Serve ingress settings were fixed when it started)")
         return "auto"
-    except ConnectionError:
-        pass
     cmd = [_ray_bin(), "start", "--head", "--disable-usage-stats", "--include-dashboard=false",
            f"--metrics-export-port={cfg.ray.metrics_export_port}"]
     if cfg.ray.num_cpus:
@@ -61,7 +56,8 @@ def _start_local_ray(cfg: PlatformConfig) -> str:
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit("[serving] could not start Ray (see above)")
-    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    if not _connect():
+        raise SystemExit("[serving] Ray started but cannot be reached")
     return "auto"
 
 
@@ -270,7 +266,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_build(args: argparse.Namespace) -> int:
+def cmd_models_pull(args: argparse.Namespace) -> int:
     from models.loader import ModelSourceError, resolve_model_source
 
     try:
@@ -316,10 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     models = sub.add_parser("models", help="model sources").add_subparsers(dest="models_cmd", required=True)
-    build = models.add_parser("pull", help="build a builtin model or download a Hugging Face model into the cache")
-    build.add_argument("source", help="builtin:smollm2-135m-instruct, builtin:tiny-llama, catalog:NAME, hf:ORG/REPO")
-    build.add_argument("--revision")
-    build.set_defaults(func=cmd_models_build)
+    pull = models.add_parser("pull", help="build a builtin model or download a Hugging Face model into the cache")
+    pull.add_argument("source", help="builtin:smollm2-135m-instruct, builtin:tiny-llama, catalog:NAME, hf:ORG/REPO")
+    pull.add_argument("--revision")
+    pull.set_defaults(func=cmd_models_pull)
     return p
 
 

@@ -188,16 +188,14 @@ class Gateway:
             await gen.aclose()
             if gone is not None and gone in done:
                 return gen, _CLIENT_GONE
-            raise APIError(504, f"engine {engine.name} did not answer within "
-                           f"{self.settings.request_timeout_s:g} s", code="timeout")
+            raise self._timeout(engine)
         try:
             first = first_item.result()
         except StopAsyncIteration:
             raise APIError(502, f"engine {engine.name} returned no answer", code="engine_error") from None
         except EngineTimeout:
             await gen.aclose()
-            raise APIError(504, f"engine {engine.name} did not answer within "
-                           f"{self.settings.request_timeout_s:g} s", code="timeout") from None
+            raise self._timeout(engine) from None
         except EngineUnavailable as exc:
             self.health.mark_failed(engine.name)
             raise APIError(503, f"{exc}; retry later", code="engine_unavailable",
@@ -211,6 +209,10 @@ class Gateway:
             await gen.aclose()
             raise from_engine_error(first)
         return gen, first
+
+    def _timeout(self, engine: Engine) -> APIError:
+        return APIError(504, f"engine {engine.name} did not answer within {self.settings.request_timeout_s:g} s",
+                        code="timeout")
 
     def _record(self, group: str, engine: str, endpoint: str, status: int, start: float, *,
                 usage: Any = None, t_first: float | None = None) -> None:
