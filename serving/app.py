@@ -13,8 +13,18 @@ GATEWAY_DEPLOYMENT = "gateway"
 
 
 def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
-    """The gateway's reconfigurable state: the model-group table with traffic weights."""
-    return {"model_groups": {name: g.model_dump(mode="json") for name, g in config.model_groups.items()}}
+    """The gateway's reconfigurable state: model groups (traffic weights), providers, tiers, routes, tenants."""
+
+    def dump(table: dict[str, Any]) -> dict[str, Any]:
+        return {name: item.model_dump(mode="json", by_alias=True, exclude_none=True) for name, item in table.items()}
+
+    return {
+        "model_groups": dump(config.model_groups),
+        "providers": dump(config.providers),
+        "tiers": dump(config.tiers),
+        "routes": dump(config.routes),
+        "tenants": dump(config.tenants),
+    }
 
 
 def build_app(config: PlatformConfig) -> Application:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
+
 _PATH_PREFIX = re.compile(r"^[a-z_]+(\.[\w.-]+)+: ")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 """Engine and model-group names: lower-case DNS-like labels (they become Ray Serve and Kubernetes names)."""
@@ -140,6 +142,9 @@ class GatewayConfig(_Strict):
         2.0, ge=0, description="Engine health probe period; 2 failed probes in a row -> 503 at once (0: off)."
     )
     health_timeout_s: float = Field(5.0, gt=0, description="A health probe slower than this has failed.")
+    tenant_header: str = Field(
+        "x-serving-tenant", description="Request header naming the tenant (selects the tenant's routes)."
+    )
 
     @field_validator("route_prefix")
     @classmethod
@@ -181,15 +186,21 @@ class RayConfig(_Strict):
 
 
 class PlatformConfig(_Strict):
-    """The whole platform: Ray, the gateway, engines and the model groups clients address."""
+    """The whole platform: Ray, the gateway, engines, the model groups and the routes clients address."""
 
     version: Literal[1] = 1
     ray: RayConfig = Field(default_factory=RayConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     engines: dict[str, EngineConfig] = Field(min_length=1)
     model_groups: dict[str, ModelGroupConfig] = Field(min_length=1)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict, description="Cloud API accounts.")
+    tiers: dict[str, TierConfig] = Field(default_factory=dict, description="Local or cloud steps of routes.")
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=dict, description="Model names with a quality-gated tier chain (see docs/routing.md)."
+    )
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict, description="Per-tenant route choices.")
 
-    @field_validator("engines", "model_groups")
+    @field_validator("engines", "model_groups", "providers", "tiers", "routes", "tenants")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -206,7 +217,33 @@ class PlatformConfig(_Strict):
                         f"model_groups.{group_name}.engines.{i}.engine: unknown engine {member.engine!r} "
                         f"(defined: {', '.join(sorted(self.engines))})"
                     )
+        self._check_routing()
         return self
+
+    def _check_routing(self) -> None:
+        def unknown(path: str, kind: str, name: str, defined: dict[str, Any]) -> ValueError:
+            return ValueError(f"{path}: unknown {kind} {name!r} (defined: {', '.join(sorted(defined)) or 'none'})")
+
+        for name, tier in self.tiers.items():
+            if tier.model_group is not None and tier.model_group not in self.model_groups:
+                raise unknown(f"tiers.{name}.model_group", "model group", tier.model_group, self.model_groups)
+            if tier.provider is not None and tier.provider not in self.providers:
+                raise unknown(f"tiers.{name}.provider", "provider", tier.provider, self.providers)
+        for name, route in self.routes.items():
+            if name in self.model_groups:
+                raise ValueError(f"routes.{name}: a model group has the same name; clients could not tell them apart")
+            for i, step in enumerate(route.tiers):
+                if step.tier not in self.tiers:
+                    raise unknown(f"routes.{name}.tiers.{i}.tier", "tier", step.tier, self.tiers)
+            judge = route.gates.judge
+            if judge is not None and judge.tier not in self.tiers:
+                raise unknown(f"routes.{name}.gates.judge.tier", "tier", judge.tier, self.tiers)
+        for name, tenant in self.tenants.items():
+            for model, route in tenant.routes.items():
+                if route not in self.routes:
+                    raise unknown(f"tenants.{name}.routes.{model}", "route", route, self.routes)
+            if tenant.default_route is not None and tenant.default_route not in self.routes:
+                raise unknown(f"tenants.{name}.default_route", "route", tenant.default_route, self.routes)
 
 
 class ConfigError(Exception):

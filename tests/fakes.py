@@ -23,7 +23,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,9 @@ class FakeEngine:
     """An `Engine` (serving.engines.base) answering like vLLM behind Ray Serve LLM."""
 
     name: str
-    reply: str = DEFAULT_REPLY
+    reply: str | Callable[[Any], str] = DEFAULT_REPLY
+    replies: list[str] = field(default_factory=list)  # consumed one per request before `reply` applies
+    token_logprob: float | Callable[[int, str], float] = -0.05  # per token, when the request asks for logprobs
     prompt_tokens: int = 11
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
@@ -90,7 +92,10 @@ class FakeEngine:
     hang: bool = False
     crash: bool = False
     healthy: bool = True
+    fail_first: int = 0  # the first k requests raise `fail_first_exc()` before answering
+    fail_first_exc: Callable[[], BaseException] = lambda: EngineUnavailable("engine is unavailable: 503")
     calls: list[Call] = field(default_factory=list)
+    _texts: dict[int, str] = field(default_factory=dict, repr=False)
     started: int = 0
     closed: int = 0
 
@@ -105,9 +110,20 @@ class FakeEngine:
         assert self.calls, f"engine {self.name} received no request"
         return self.calls[-1].request
 
+    def text_for(self, request: Any) -> str:
+        """The reply text for `request` (picked once per request, when it arrives)."""
+        if id(request) in self._texts:
+            return self._texts[id(request)]
+        if self.replies:
+            return self.replies[0]
+        return self.reply(request) if callable(self.reply) else self.reply
+
+    def logprob(self, i: int, token: str) -> float:
+        return self.token_logprob(i, token) if callable(self.token_logprob) else self.token_logprob
+
     def tokens_for(self, request: Any) -> tuple[list[str], str]:
         """The tokens this engine answers `request` with, and the finish reason (max_tokens applies)."""
-        tokens = tokenize(self.reply)
+        tokens = tokenize(self.text_for(request))
         limit = getattr(request, "max_completion_tokens", None) or getattr(request, "max_tokens", None)
         if limit is not None and limit < len(tokens):
             return tokens[:limit], "length"
@@ -122,7 +138,11 @@ class FakeEngine:
     async def generate(self, endpoint: str, request: Any) -> AsyncIterator[Any]:
         self.calls.append(Call(endpoint, request.model_copy(deep=True)))
         self.started += 1
+        request = request.model_copy()
+        self._texts[id(request)] = self.replies.pop(0) if self.replies else self.text_for(request)
         try:
+            if self.started <= self.fail_first:
+                raise self.fail_first_exc()
             if self.unavailable:
                 raise EngineUnavailable(f"engine {self.name} is unavailable: DeploymentUnavailableError")
             if self.crash:
@@ -147,6 +167,7 @@ class FakeEngine:
                     await asyncio.sleep(self.token_delay_s * len(self.tokens_for(request)[0]))
                 yield self._chat_response(request) if endpoint == "chat" else self._completion_response(request)
         finally:
+            self._texts.pop(id(request), None)
             self.closed += 1
 
     # -- vLLM's wire format ---------------------------------------------------------------------------------
@@ -218,10 +239,14 @@ class FakeEngine:
     def _chat_response(self, request: Any) -> ChatCompletionResponse:
         tokens, finish = self.tokens_for(request)
         n = request.n or 1
+        logprobs = None
+        if request.logprobs:
+            logprobs = {"content": [{"token": t, "logprob": self.logprob(j, t), "bytes": None, "top_logprobs": []}
+                                    for j, t in enumerate(tokens)]}
         resp = ChatCompletionResponse(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=request.model,
             choices=[{"index": i, "message": {"role": "assistant", "content": "".join(tokens)},
-                      "logprobs": None, "finish_reason": finish, "stop_reason": None} for i in range(n)],
+                      "logprobs": logprobs, "finish_reason": finish, "stop_reason": None} for i in range(n)],
             usage=self._usage(n * len(tokens)),
         )
         return ChatCompletionResponse(**resp.model_dump())  # as Ray Serve LLM's VLLMEngine.chat rebuilds it
@@ -229,9 +254,13 @@ class FakeEngine:
     def _completion_response(self, request: Any) -> CompletionResponse:
         tokens, finish = self.tokens_for(request)
         n = request.n or 1
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = {"tokens": tokens, "token_logprobs": [self.logprob(j, t) for j, t in enumerate(tokens)],
+                        "text_offset": [0] * len(tokens), "top_logprobs": [{} for _ in tokens]}
         resp = CompletionResponse(
             id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=request.model,
-            choices=[{"index": i, "text": "".join(tokens), "logprobs": None, "finish_reason": finish,
+            choices=[{"index": i, "text": "".join(tokens), "logprobs": logprobs, "finish_reason": finish,
                       "stop_reason": None} for i in range(n)],
             usage=self._usage(n * len(tokens)),
         )

@@ -42,6 +42,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -50,9 +51,16 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.extra = extra
 
     def envelope(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        """`{"error": {...}}`, plus top-level extension fields (e.g. `serving`) when set."""
+        out: dict[str, Any] = {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        }
+        if self.extra:
+            out.update(self.extra)
+        return out
 
     def response(self) -> Response:
         return Response(

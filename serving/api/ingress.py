@@ -13,6 +13,7 @@ from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.engines.ray_handle import RayLLMEngine
 from serving.routing.groups import GroupRouter
+from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
 logger = logging.getLogger("serving.gateway")
 
@@ -20,6 +21,12 @@ logger = logging.getLogger("serving.gateway")
 def groups_from_user_config(user_config: dict[str, Any]) -> dict[str, ModelGroupConfig]:
     """The `model_groups` table carried in the deployment's user_config."""
     return {name: ModelGroupConfig.model_validate(g) for name, g in user_config["model_groups"].items()}
+
+
+def routing_from_user_config(user_config: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """(providers, tiers, routes, tenants) carried in the deployment's user_config."""
+    tables = (("providers", ProviderConfig), ("tiers", TierConfig), ("routes", RouteConfig), ("tenants", TenantConfig))
+    return tuple({n: cls.model_validate(v) for n, v in (user_config.get(key) or {}).items()} for key, cls in tables)
 
 
 @serve.ingress()
@@ -35,6 +42,10 @@ class GatewayDeployment:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new group table (traffic weights) without restarting the replica."""
         self._router.update(groups_from_user_config(user_config))
+        providers, tiers, routes, tenants = routing_from_user_config(user_config)
+        self._app.state.gateway.update_routing(providers, tiers, routes, tenants)
+        if routes:
+            logger.info("gateway routes: %s", {n: [t.tier for t in r.tiers] for n, r in routes.items()})
         logger.info("gateway model groups: %s", {
             name: [(e.name, w) for e, w in zip(g.engines, g.weights, strict=True)]
             for name, g in self._router.groups.items()

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from serving.api.errors import APIError
+from serving.routing_config import RequestOverrides
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -118,15 +119,34 @@ def _validate(cls: type, body: dict[str, Any]) -> Any:
 
 
 class ParsedRequest:
-    """A validated request: the group the client named, whether it streams, and the engine request."""
+    """A validated request: the model the client named, whether it streams, the engine request, and the
+    `serving` extension field (route choice and gate overrides), if any."""
 
-    __slots__ = ("client_usage", "model", "request", "stream")
+    __slots__ = ("client_usage", "model", "overrides", "request", "stream")
 
-    def __init__(self, model: str, stream: bool, client_usage: bool, request: Any):
+    def __init__(self, model: str, stream: bool, client_usage: bool, request: Any,
+                 overrides: RequestOverrides | None = None):
         self.model = model
         self.stream = stream
         self.client_usage = client_usage
         self.request = request
+        self.overrides = overrides
+
+
+def _pop_overrides(body: dict[str, Any]) -> RequestOverrides | None:
+    """Take the `serving` extension field out of the body (engines never see it) and validate it."""
+    raw = body.pop("serving", None)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise APIError(400, "'serving' must be an object.", param="serving")
+    try:
+        return RequestOverrides.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(["serving", *(str(p) for p in err["loc"])])
+        raise APIError(400, f"Invalid value for '{param}': {err['msg'].removeprefix('Value error, ')}",
+                       param=param) from None
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -145,16 +165,18 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
 def parse_chat(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/chat/completions` body."""
     body = parse_json_object(raw)
+    overrides = _pop_overrides(body)
     model = _check_common(body)
     _check_messages(body)
     _check_chat_logprobs(body)
     stream, client_usage = _stream_flags(body)
-    return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body))
+    return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body), overrides)
 
 
 def parse_completion(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/completions` body."""
     body = parse_json_object(raw)
+    overrides = _pop_overrides(body)
     model = _check_common(body)
     prompt = body.get("prompt")
     if prompt is None:
@@ -163,4 +185,4 @@ def parse_completion(raw: bytes) -> ParsedRequest:
         raise APIError(400, "'prompt' must not be empty.", param="prompt")
     _check_int(body, "logprobs", 0, 20)
     stream, client_usage = _stream_flags(body)
-    return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body))
+    return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body), overrides)

@@ -7,28 +7,31 @@ Serve ingress deployment (engines are DeploymentHandles) and in unit tests (engi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.errors import APIError, from_engine_error, install_error_handlers
 from serving.api.protocol import ParsedRequest, parse_chat, parse_completion
+from serving.api.routed import RoutedHandler
+from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, disconnected
 from serving.config import GatewayConfig
 from serving.engines.base import Engine, EngineFailed, EngineTimeout, EngineUnavailable
 from serving.observability.metrics import GatewayMetrics
+from serving.routing.cascade import Cascade
 from serving.routing.groups import GroupRouter, UnknownModel
 from serving.routing.health import EngineHealth
+from serving.routing.routes import RouteTable, UnknownRoute
+from serving.routing.tiers import CloudFactory, TierSet, default_cloud_factory
+from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
 logger = logging.getLogger("serving.gateway")
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-_DONE = "data: [DONE]\n\n"
 
 
 class RequestIdMiddleware:
@@ -74,37 +77,44 @@ class RequestIdMiddleware:
 _CLIENT_GONE = object()
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read, so only `http.disconnect` can come)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 def _is_error(item: Any) -> bool:
     return not isinstance(item, str) and hasattr(item, "error") and not hasattr(item, "choices")
-
-
-def _error_event(exc: APIError) -> str:
-    return f"data: {json.dumps(exc.envelope())}\n\n"
 
 
 class Gateway:
     """Serves OpenAI requests by routing them to engines and relaying the answer."""
 
-    def __init__(self, router: GroupRouter, settings: GatewayConfig, metrics: GatewayMetrics):
+    def __init__(self, router: GroupRouter, settings: GatewayConfig, metrics: GatewayMetrics,
+                 cloud_factory: CloudFactory | None = None):
         self.router = router
         self.settings = settings
         self.metrics = metrics
         self.created = int(time.time())
         self.health = EngineHealth(router, settings.health_interval_s, settings.health_timeout_s)
+        self.tiers = TierSet(router, self.health, cloud_factory or default_cloud_factory)
+        self.routes = RouteTable()
+        self.routed = RoutedHandler(Cascade(self.tiers, metrics), metrics)
+
+    def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
+                       routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig]) -> None:
+        """Apply new tiers, routes and tenants (from the deployment's user_config) without a restart."""
+        self.tiers.update(tiers, providers)
+        self.routes.update(routes, tenants)
 
     async def handle(self, request: Request, endpoint: str, parse: Callable[[bytes], ParsedRequest]) -> Response:
         start = time.perf_counter()
         try:
             parsed = parse(await self._read_body(request))
+            tenant = request.headers.get(self.settings.tenant_header) if request is not None else None
+            route = self.routes.resolve(parsed.model, tenant, parsed.overrides.route if parsed.overrides else None)
+            if route is not None:
+                return await self.routed.handle(request, endpoint, parsed, route, self.routes.tenant_label(tenant),
+                                                start)
             group, engine = self.router.route(parsed.model)
+        except UnknownRoute as exc:
+            self._record("unknown", "", endpoint, 404, start)
+            raise APIError(404, f"The route `{exc.args[0]}` does not exist.", param="serving.route",
+                           code="route_not_found") from None
         except UnknownModel as exc:
             self._record("unknown", "", endpoint, 404, start)
             raise APIError(
@@ -143,9 +153,15 @@ class Gateway:
             self._record(group.name, engine.name, endpoint, 200, start, usage=usage)
             return Response(first.model_dump_json(exclude_unset=True), media_type="application/json",
                             headers=headers)
-        stream = _Stream(self, gen, group.name, engine.name, endpoint, start, in_flight)
-        return _RelayResponse(stream, stream.relay(first, parsed.client_usage), media_type="text/event-stream",
-                              headers={**SSE_HEADERS, **headers})
+        def on_finish(status: int, usage: dict[str, Any] | None, t_first: float | None) -> None:
+            in_flight.dec()
+            if t_first is not None:
+                self.metrics.ttft.labels(group.name, engine.name).observe(t_first - start)
+            self._record(group.name, engine.name, endpoint, status, start, usage=usage, t_first=t_first)
+
+        stream = StreamRelay(gen, engine.name, on_finish)
+        return RelayResponse(stream, stream.relay(first, parsed.client_usage), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **headers})
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -170,7 +186,7 @@ class Gateway:
         gen = engine.generate(endpoint, parsed.request)  # type: ignore[arg-type]
         first_item = asyncio.ensure_future(gen.__anext__())
         waiters = {first_item}
-        gone = asyncio.ensure_future(_disconnected(request)) if request is not None else None
+        gone = asyncio.ensure_future(disconnected(request)) if request is not None else None
         if gone is not None:
             waiters.add(gone)
         try:
@@ -232,85 +248,21 @@ class Gateway:
             m.tps.labels(group, engine).observe((completion - 1) / (end - t_first))
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._card(name) for name in self.router.groups]}
+        names = [*self.router.groups, *self.routes.routes]
+        return {"object": "list", "data": [self.card(name) for name in names]}
 
-    def _card(self, name: str) -> dict[str, Any]:
-        group = self.router.groups[name]
-        return {"id": name, "object": "model", "created": self.created, "owned_by": "serving",
-                "engines": [e.name for e in group.engines]}
+    def card(self, name: str) -> dict[str, Any] | None:
+        """The /v1/models entry of a model group or route (None if neither)."""
+        card = {"id": name, "object": "model", "created": self.created, "owned_by": "serving"}
+        if name in self.router.groups:
+            return {**card, "engines": [e.name for e in self.router.groups[name].engines]}
+        if name in self.routes.routes:
+            return {**card, "tiers": [t.tier for t in self.routes.routes[name].config.tiers]}
+        return None
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
         states = await self.health.probe_all()
         return all(s == "ready" for s in states.values()), states
-
-
-class _Stream:
-    """One streamed answer: relays the engine's chunks and does the bookkeeping exactly once."""
-
-    def __init__(self, gw: Gateway, gen: AsyncIterator[Any], group: str, engine: str, endpoint: str, start: float,
-                 in_flight: Any):
-        self.gw, self.gen, self.group, self.engine, self.endpoint = gw, gen, group, engine, endpoint
-        self.start, self.in_flight = start, in_flight
-        self.t_first: float | None = None
-        self.usage: dict[str, Any] | None = None
-        self.done = False
-
-    async def relay(self, first: str, client_usage: bool) -> AsyncIterator[str]:
-        """Pass the engine's SSE chunks through untouched; take usage from the final usage chunk."""
-        self.t_first = time.perf_counter()
-        self.gw.metrics.ttft.labels(self.group, self.engine).observe(self.t_first - self.start)
-        status = 200
-        gen = self.gen
-        try:
-            chunk = first
-            while True:
-                if chunk.startswith('data: {"id"') and '"choices":[]' in chunk and '"usage":{' in chunk:
-                    self.usage = json.loads(chunk[6:]).get("usage")
-                    if client_usage:
-                        yield chunk
-                else:
-                    yield chunk
-                try:
-                    chunk = await gen.__anext__()
-                except StopAsyncIteration:
-                    break
-        except Exception as exc:
-            # Bytes already went out: end the stream with an error event in the OpenAI shape.
-            if isinstance(exc, EngineUnavailable):
-                status, message = 503, str(exc)
-            elif isinstance(exc, (EngineFailed, EngineTimeout)):
-                status, message = 502, str(exc)
-            else:
-                logger.exception("engine %s failed while streaming", self.engine)
-                status, message = 502, f"engine {self.engine} failed while streaming"
-            code = "engine_unavailable" if status == 503 else "engine_error"
-            yield _error_event(APIError(status, message, code=code))
-            yield _DONE
-        finally:
-            await self.finish(status)
-
-    async def finish(self, status: int) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.in_flight.dec()
-        await self.gen.aclose()
-        self.gw._record(self.group, self.engine, self.endpoint, status, self.start, usage=self.usage,
-                        t_first=self.t_first)
-
-
-class _RelayResponse(StreamingResponse):
-    """Makes sure the stream's bookkeeping runs even if the client left before the body started (499)."""
-
-    def __init__(self, stream: _Stream, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._stream.finish(499)
 
 
 def build_api(
@@ -319,9 +271,13 @@ def build_api(
     metrics: GatewayMetrics | None = None,
     *,
     add_request_id: bool = True,
+    cloud_factory: CloudFactory | None = None,
 ) -> FastAPI:
-    """The gateway's ASGI app; `add_request_id=False` when a front proxy (Ray Serve's) sets x-request-id."""
-    gw = Gateway(router, settings, metrics or GatewayMetrics())
+    """The gateway's ASGI app; `add_request_id=False` when a front proxy (Ray Serve's) sets x-request-id.
+
+    Routes start empty: `app.state.gateway.update_routing(...)` sets them (the ingress does on reconfigure).
+    """
+    gw = Gateway(router, settings, metrics or GatewayMetrics(), cloud_factory)
     app = FastAPI(title="serving gateway", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
     install_error_handlers(app)
@@ -341,10 +297,11 @@ def build_api(
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> Response:
-        if model not in router.groups:
+        card = gw.card(model)
+        if card is None:
             raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
-        return JSONResponse(gw._card(model))
+        return JSONResponse(card)
 
     @app.get("/health")
     async def health() -> Response:

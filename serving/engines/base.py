@@ -20,6 +20,28 @@ class EngineFailed(Exception):
     """The engine raised while serving the request (a server-side fault, not a client error)."""
 
 
+class EngineRateLimited(EngineUnavailable):
+    """The engine (a cloud API) refused the request for now (HTTP 429, or 503 with retry-after)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineRejected(Exception):
+    """The engine refused this request as invalid (a 4xx from a cloud API): retrying it will not help."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+
+
+TRANSIENT_ERRORS = (EngineUnavailable, EngineTimeout, EngineFailed)
+"""Faults worth a retry (with backoff) and counted by a tier's circuit breaker."""
+
+
 class Engine(Protocol):
     """A model served behind the gateway.
 

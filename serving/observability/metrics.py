@@ -7,6 +7,8 @@ client cannot blow up the label cardinality.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -50,7 +52,41 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "serving_requests_in_flight", "Requests being served now.", ["model_group"], registry=r
         )
+        # Quality-gated routing (`route` is a configured route name; `tier` a configured tier name).
+        self.escalations = Counter(
+            "serving_escalations", "Requests moved on from a tier, by reason (failed gates, transport, circuit).",
+            ["route", "from_tier", "to_tier", "reason"], registry=r,
+        )
+        self.gate_results = Counter(
+            "serving_gate_results", "Quality gate outcomes on tier answers (pass, fail, skip).",
+            ["route", "tier", "gate", "result"], registry=r,
+        )
+        self.tier_attempts = Counter(
+            "serving_tier_attempts", "Calls to a tier by outcome (accepted, gate_failed, transport_error, ...).",
+            ["route", "tier", "outcome"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "serving_breaker_state", "Circuit breaker state per tier: 0 closed, 1 half-open, 2 open.",
+            ["tier"], registry=r,
+        )
+        self.cost = Counter(
+            "serving_cost_usd", "Cost in USD of answered requests (every attempt, judge calls included).",
+            ["route", "tier", "tenant"], registry=r,
+        )
+        self.tier_tokens = Counter(
+            "serving_tier_tokens", "Tokens processed per tier (every attempt).", ["tier", "kind"], registry=r,
+        )
+        self.retries = Counter(
+            "serving_tier_retries", "Retries of tier calls after transport faults.", ["tier", "reason"], registry=r,
+        )
+        self._refresh: list[Any] = []
+
+    def on_render(self, fn: Any) -> None:
+        """Call `fn()` before each scrape (e.g. to export breaker states that change with time)."""
+        self._refresh.append(fn)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
+        for fn in self._refresh:
+            fn()
         return generate_latest(self.registry)

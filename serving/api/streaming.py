@@ -1,0 +1,113 @@
+"""Server-sent events: relaying an engine's stream to the client, with the bookkeeping done exactly once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from serving.api.errors import APIError
+from serving.engines.base import EngineFailed, EngineTimeout, EngineUnavailable
+
+logger = logging.getLogger("serving.gateway")
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+DONE = "data: [DONE]\n\n"
+
+FinishHook = Callable[[int, "dict[str, Any] | None", "float | None"], None]
+"""`(status, usage, t_first) -> None`, called once when a stream ends (status 499: the client left)."""
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only `http.disconnect` can come)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def error_event(exc: APIError) -> str:
+    """An OpenAI-shaped error as an SSE event (what a stream ends with after a fault)."""
+    return f"data: {json.dumps(exc.envelope())}\n\n"
+
+
+def sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def is_usage_chunk(chunk: str) -> bool:
+    """vLLM's final usage chunk: `{"id":…,"choices":[],"usage":{…}}`."""
+    return chunk.startswith('data: {"id"') and '"choices":[]' in chunk and '"usage":{' in chunk
+
+
+class StreamRelay:
+    """One streamed answer: passes the engine's SSE chunks through untouched, takes usage from the final usage
+    chunk (sent on only if the client asked for it, optionally rewritten by `usage_chunk`), ends the stream with
+    an OpenAI error event if the engine fails after the first byte, and calls `on_finish` exactly once."""
+
+    def __init__(self, gen: AsyncIterator[Any], engine: str, on_finish: FinishHook, *,
+                 usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+        self.gen, self.engine, self.on_finish = gen, engine, on_finish
+        self.usage_chunk = usage_chunk
+        self.t_first: float | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+
+    async def relay(self, first: str, client_usage: bool) -> AsyncIterator[str]:
+        self.t_first = time.perf_counter()
+        status = 200
+        gen = self.gen
+        try:
+            chunk = first
+            while True:
+                if is_usage_chunk(chunk):
+                    data = json.loads(chunk[6:])
+                    self.usage = data.get("usage")
+                    if client_usage:
+                        yield sse(self.usage_chunk(data)) if self.usage_chunk is not None else chunk
+                else:
+                    yield chunk
+                try:
+                    chunk = await gen.__anext__()
+                except StopAsyncIteration:
+                    break
+        except Exception as exc:
+            # Bytes already went out: end the stream with an error event in the OpenAI shape.
+            if isinstance(exc, EngineUnavailable):
+                status, message = 503, str(exc)
+            elif isinstance(exc, (EngineFailed, EngineTimeout)):
+                status, message = 502, str(exc)
+            else:
+                logger.exception("engine %s failed while streaming", self.engine)
+                status, message = 502, f"engine {self.engine} failed while streaming"
+            code = "engine_unavailable" if status == 503 else "engine_error"
+            yield error_event(APIError(status, message, code=code))
+            yield DONE
+        finally:
+            await self.finish(status)
+
+    async def finish(self, status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        await self.gen.aclose()
+        self.on_finish(status, self.usage, self.t_first)
+
+
+class RelayResponse(StreamingResponse):
+    """Makes sure the stream's bookkeeping runs even if the client left before the body started (499)."""
+
+    def __init__(self, stream: StreamRelay, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.finish(499)

@@ -1,0 +1,338 @@
+"""Quality gates: checks on an answer that decide whether a tier's answer is accepted.
+
+A gate returns a `GateResult` (pass/fail with reasons). Gates are built once per route config from
+`serving.routing_config.GatesConfig`; per-request overrides build a fresh set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jsonschema
+
+from serving.routing_config import (
+    ConfidenceGateConfig,
+    EmptyGateConfig,
+    GatesConfig,
+    JsonGateConfig,
+    JudgeGateConfig,
+    RefusalGateConfig,
+    RulesGateConfig,
+)
+
+_MAX_REASONS = 3
+
+
+@dataclass
+class Answer:
+    """One tier's answer, as the gates see it (every choice of a response)."""
+
+    body: dict[str, Any]
+    endpoint: str
+    texts: list[str]
+    finish_reasons: list[str | None]
+    token_logprobs: list[list[float]] | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], endpoint: str) -> Answer:
+        """Read texts, finish reasons, token logprobs and usage out of an OpenAI response body."""
+        choices = body.get("choices") or []
+        texts, finishes, logprobs = [], [], []
+        have_logprobs = bool(choices)
+        for choice in choices:
+            if endpoint == "chat":
+                texts.append((choice.get("message") or {}).get("content") or "")
+                entries = (choice.get("logprobs") or {}).get("content")
+                lps = [e["logprob"] for e in entries] if entries else None
+            else:
+                texts.append(choice.get("text") or "")
+                lps = (choice.get("logprobs") or {}).get("token_logprobs")
+                lps = [x for x in lps if x is not None] if lps else None
+            finishes.append(choice.get("finish_reason"))
+            if lps is None:
+                have_logprobs = False
+            else:
+                logprobs.append([max(x, -1e4) if math.isfinite(x) else -1e4 for x in lps])
+        usage = body.get("usage") or {}
+        return cls(body, endpoint, texts, finishes, logprobs if have_logprobs else None,
+                   usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+@dataclass
+class GateResult:
+    """The outcome of one gate on one answer."""
+
+    gate: str
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    skipped: bool = False
+    score: float | None = None
+
+    @property
+    def label(self) -> str:
+        return "skip" if self.skipped else "pass" if self.passed else "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gate": self.gate, "result": self.label}
+        if self.reasons:
+            out["reasons"] = self.reasons
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        return out
+
+
+JudgeCall = Callable[[str, str, int], Awaitable[str]]
+"""`(tier, prompt, max_tokens) -> answer text`: how the judge gate asks another tier."""
+
+
+@dataclass
+class GateContext:
+    """What a gate may look at besides the answer: the request, and a way to call a judge tier."""
+
+    request: Any
+    endpoint: str
+    judge: JudgeCall | None = None
+    logprobs_available: bool = True
+
+
+class Gate(Protocol):
+    """A pluggable check on an answer."""
+
+    name: str
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult: ...
+
+
+def _per_choice(answer: Answer, fn: Callable[[str, str | None], list[str]]) -> list[str]:
+    """Run `fn(text, finish_reason)` on every choice; prefix reasons with the choice index when n > 1."""
+    reasons: list[str] = []
+    for i, (text, finish) in enumerate(zip(answer.texts, answer.finish_reasons, strict=True)):
+        found = fn(text, finish)
+        reasons += [f"choice {i}: {r}" for r in found] if len(answer.texts) > 1 else found
+    return reasons[:_MAX_REASONS]
+
+
+def _result(name: str, reasons: list[str], **kw: Any) -> GateResult:
+    return GateResult(name, not reasons, reasons, **kw)
+
+
+def requested_schema(request: Any) -> tuple[bool, dict[str, Any] | None]:
+    """(the request asks for JSON, its JSON schema if any) from `response_format`."""
+    fmt = getattr(request, "response_format", None)
+    if fmt is None:
+        return False, None
+    kind = getattr(fmt, "type", None) if not isinstance(fmt, dict) else fmt.get("type")
+    if kind == "json_object":
+        return True, None
+    if kind == "json_schema":
+        spec = getattr(fmt, "json_schema", None) if not isinstance(fmt, dict) else fmt.get("json_schema")
+        if spec is None:
+            return True, None
+        schema = spec.get("schema") if isinstance(spec, dict) else getattr(spec, "json_schema", None)
+        return True, schema
+    return False, None
+
+
+class JsonGate:
+    """The answer parses as JSON and, when a schema is known, conforms to it."""
+
+    name = "json"
+
+    def __init__(self, cfg: JsonGateConfig):
+        self.cfg = cfg
+        self._validator = self._compile(cfg.json_schema) if cfg.json_schema is not None else None
+
+    @staticmethod
+    def _compile(schema: dict[str, Any]) -> Any:
+        return jsonschema.validators.validator_for(schema)(schema)
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
+        asked, schema = requested_schema(ctx.request)
+        if not asked and not self.cfg.required:
+            return GateResult(self.name, True, ["the request asks for no JSON"], skipped=True)
+        validator = self._validator
+        if schema is not None:
+            try:
+                validator = self._compile(schema)
+            except jsonschema.SchemaError:
+                validator = None
+
+        def check_one(text: str, _finish: str | None) -> list[str]:
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                return [f"the answer is not valid JSON ({exc.msg} at position {exc.pos})"]
+            if validator is None:
+                return []
+            errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+            return [
+                f"JSON schema: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                for e in errors[:_MAX_REASONS]
+            ]
+
+        return _result(self.name, _per_choice(answer, check_one))
+
+
+class RulesGate:
+    """Regex must / must-not and length rules."""
+
+    name = "rules"
+
+    def __init__(self, cfg: RulesGateConfig):
+        flags = re.IGNORECASE if cfg.ignore_case else 0
+        self.cfg = cfg
+        self.must = [re.compile(p, flags) for p in cfg.must_match]
+        self.must_not = [re.compile(p, flags) for p in cfg.must_not_match]
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
+        cfg = self.cfg
+
+        def check_one(text: str, _finish: str | None) -> list[str]:
+            reasons = [f"the answer must match /{p.pattern}/" for p in self.must if not p.search(text)]
+            reasons += [f"the answer must not match /{p.pattern}/" for p in self.must_not if p.search(text)]
+            if cfg.min_chars is not None and len(text) < cfg.min_chars:
+                reasons.append(f"the answer has {len(text)} characters, fewer than {cfg.min_chars}")
+            if cfg.max_chars is not None and len(text) > cfg.max_chars:
+                reasons.append(f"the answer has {len(text)} characters, more than {cfg.max_chars}")
+            return reasons
+
+        return _result(self.name, _per_choice(answer, check_one))
+
+
+class RefusalGate:
+    """Fails answers that refuse the task."""
+
+    name = "refusal"
+
+    def __init__(self, cfg: RefusalGateConfig):
+        self.patterns = [re.compile(p, re.IGNORECASE) for p in [*cfg.patterns, *cfg.extra_patterns]]
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
+        def check_one(text: str, _finish: str | None) -> list[str]:
+            head = text[:400]
+            for p in self.patterns:
+                if m := p.search(head):
+                    return [f"the answer is a refusal ({m.group(0)!r})"]
+            return []
+
+        return _result(self.name, _per_choice(answer, check_one))
+
+
+class EmptyGate:
+    """Fails empty answers (and, optionally, answers cut off by max_tokens)."""
+
+    name = "empty"
+
+    def __init__(self, cfg: EmptyGateConfig):
+        self.cfg = cfg
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
+        def check_one(text: str, finish: str | None) -> list[str]:
+            reasons = []
+            if len(text.strip()) < self.cfg.min_chars:
+                reasons.append("the answer is empty" if not text.strip() else "the answer is too short")
+            if finish == "length" and not self.cfg.allow_truncated:
+                reasons.append("the answer was cut off by max_tokens")
+            return reasons
+
+        return _result(self.name, _per_choice(answer, check_one))
+
+
+class ConfidenceGate:
+    """Mean and/or minimum token logprob of the answer must reach the thresholds."""
+
+    name = "confidence"
+
+    def __init__(self, cfg: ConfidenceGateConfig):
+        self.cfg = cfg
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
+        if answer.token_logprobs is None:
+            why = "this tier returns no logprobs" if not ctx.logprobs_available else "the answer has no logprobs"
+            return GateResult(self.name, True, [why], skipped=True)
+        reasons, worst_mean = [], 0.0
+        for i, lps in enumerate(answer.token_logprobs):
+            prefix = f"choice {i}: " if len(answer.token_logprobs) > 1 else ""
+            if not lps:
+                continue
+            mean = sum(lps) / len(lps)
+            worst_mean = min(worst_mean, mean)
+            if self.cfg.min_mean_logprob is not None and mean < self.cfg.min_mean_logprob:
+                reasons.append(f"{prefix}mean token logprob {mean:.3f} is below {self.cfg.min_mean_logprob}")
+            if self.cfg.min_token_logprob is not None and min(lps) < self.cfg.min_token_logprob:
+                reasons.append(f"{prefix}lowest token logprob {min(lps):.3f} is below {self.cfg.min_token_logprob}")
+        return _result(self.name, reasons[:_MAX_REASONS], score=worst_mean)
+
+
+_SCORE = re.compile(r"\b(10|[1-9](?:\.\d+)?)\b")
+
+
+def question_of(request: Any, endpoint: str) -> str:
+    """The text a judge sees as the question: the last user message (chat) or the prompt."""
+    if endpoint != "chat":
+        prompt = request.prompt
+        return prompt if isinstance(prompt, str) else str(prompt)
+    for msg in reversed(request.messages):
+        if msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+    return ""
+
+
+class JudgeGate:
+    """Asks another tier to score the answer from 1 to 10."""
+
+    name = "judge"
+
+    def __init__(self, cfg: JudgeGateConfig):
+        self.cfg = cfg
+
+    async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
+        if ctx.judge is None:
+            return GateResult(self.name, True, ["no judge available"], skipped=True)
+        question = question_of(ctx.request, ctx.endpoint)
+        scores = []
+        for text in answer.texts:
+            prompt = self.cfg.prompt.replace("{question}", question).replace("{answer}", text)
+            try:
+                verdict = await ctx.judge(self.cfg.tier, prompt, self.cfg.max_tokens)
+            except Exception as exc:
+                return GateResult(self.name, False, [f"the judge tier {self.cfg.tier} failed: {exc}"])
+            m = _SCORE.search(verdict)
+            if m is None:
+                return GateResult(self.name, False, [f"the judge gave no score: {verdict[:80]!r}"])
+            scores.append(float(m.group(1)))
+        low = min(scores) if scores else 0.0
+        reasons = [] if low >= self.cfg.threshold else [f"judge score {low:g} is below {self.cfg.threshold:g}"]
+        return _result(self.name, reasons, score=low)
+
+
+_GATES: dict[str, Callable[[Any], Gate]] = {
+    "json": JsonGate, "rules": RulesGate, "refusal": RefusalGate, "empty": EmptyGate,
+    "confidence": ConfidenceGate, "judge": JudgeGate,
+}
+
+
+def build_gates(cfg: GatesConfig) -> dict[str, Gate]:
+    """`{kind: gate}` for the gates `cfg` turns on, in a fixed order (cheap checks first, the judge last)."""
+    return {kind: _GATES[kind](c) for kind, c in cfg.enabled().items()}
+
+
+async def run_gates(gates: Sequence[Gate], answer: Answer, ctx: GateContext) -> list[GateResult]:
+    """Run gates in order; the judge (costly) runs only when every cheaper gate passed."""
+    results: list[GateResult] = []
+    for gate in gates:
+        if gate.name == "judge" and any(not r.passed for r in results):
+            results.append(GateResult("judge", True, ["not asked: another gate failed"], skipped=True))
+            continue
+        results.append(await gate.check(answer, ctx))
+    return results

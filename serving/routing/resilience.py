@@ -1,0 +1,117 @@
+"""Transport-fault handling for tier calls: a circuit breaker per tier and retries with backoff and jitter.
+
+Built on `circuitbreaker` (closed / open / half-open, with a cooldown) and `tenacity` (async retries).
+Only transport faults count (`serving.engines.base.TRANSIENT_ERRORS`); an answer that fails a quality gate
+is a healthy tier and never trips a breaker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity.wait import wait_exponential_jitter
+
+from serving.engines.base import TRANSIENT_ERRORS, EngineRateLimited, EngineRejected
+from serving.routing_config import BreakerConfig, RetryConfig
+
+T = TypeVar("T")
+BREAKER_STATES = {STATE_CLOSED: 0, STATE_HALF_OPEN: 1, STATE_OPEN: 2}
+"""Gauge values of `serving_breaker_state`."""
+
+
+class BreakerOpen(Exception):
+    """The tier's circuit is open: it is skipped without a call."""
+
+
+class TierDown(Exception):
+    """Every engine of a local tier is known to be down (health probes), or a cloud tier has no API key."""
+
+
+class TierBreaker:
+    """A circuit breaker for one tier: `failure_threshold` transport faults in a row open it for `cooldown_s`;
+    after the cooldown it is half-open, and the next call's outcome closes or re-opens it."""
+
+    def __init__(self, name: str, cfg: BreakerConfig):
+        self.name = name
+        self._cb = CircuitBreaker(
+            failure_threshold=cfg.failure_threshold,
+            recovery_timeout=cfg.cooldown_s,
+            expected_exception=TRANSIENT_ERRORS,
+            name=name,
+        )
+
+    @property
+    def state(self) -> str:
+        """closed, open or half_open."""
+        return self._cb.state
+
+    def allows(self) -> bool:
+        return self._cb.state != STATE_OPEN
+
+    @property
+    def open_remaining_s(self) -> float:
+        return max(0.0, float(self._cb.open_remaining)) if self._cb.state == STATE_OPEN else 0.0
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` through the breaker (raises `BreakerOpen` while open)."""
+        if not self.allows():
+            raise BreakerOpen(f"tier {self.name}: circuit open for {self.open_remaining_s:.1f} s more")
+        try:
+            result = await fn()
+        except TRANSIENT_ERRORS as exc:  # a transport fault counts
+            self._cb.__exit__(type(exc), exc, None)
+            raise
+        except EngineRejected:  # the tier answered (it refused this request): it is alive
+            self._cb.__exit__(None, None, None)
+            raise
+        self._cb.__exit__(None, None, None)
+        return result
+
+
+def _is_retryable(cfg: RetryConfig) -> Callable[[BaseException], bool]:
+    def check(exc: BaseException) -> bool:
+        if isinstance(exc, EngineRateLimited) and exc.retry_after_s is not None:
+            return exc.retry_after_s <= cfg.max_retry_after_s
+        return isinstance(exc, TRANSIENT_ERRORS)
+
+    return check
+
+
+def _wait(cfg: RetryConfig) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.jitter_s)
+
+    def wait(state: RetryCallState) -> float:
+        delay = backoff(state)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, EngineRateLimited) and exc.retry_after_s is not None:
+            delay = max(delay, exc.retry_after_s)
+        return delay
+
+    return wait
+
+
+async def call_with_retries(
+    fn: Callable[[], Awaitable[T]],
+    cfg: RetryConfig,
+    deadline: float,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """Call `fn` until it succeeds, a non-transient error is raised, the tries are used up, or the next
+    backoff would end past `deadline` (a `time.monotonic()` value); the last error is re-raised."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None and state.next_action is not None:
+            on_retry(state.outcome.exception(), state.next_action.sleep)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(cfg.attempts) | stop_before_delay(max(0.0, deadline - time.monotonic())),
+        wait=_wait(cfg),
+        retry=retry_if_exception(_is_retryable(cfg)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return await retrying(fn)

@@ -1,0 +1,104 @@
+"""Tiers at run time: each configured tier with its engine source, price and circuit breaker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from serving.engines.base import Engine
+from serving.routing.groups import GroupRouter
+from serving.routing.health import EngineHealth
+from serving.routing.resilience import TierBreaker, TierDown
+from serving.routing_config import ProviderConfig, TierConfig
+
+logger = logging.getLogger("serving.routing")
+
+CloudFactory = Callable[[str, ProviderConfig, TierConfig], Engine]
+"""`(tier name, provider, tier) -> Engine` for a cloud tier."""
+
+
+def default_cloud_factory(name: str, provider: ProviderConfig, tier: TierConfig) -> Engine:
+    """A cloud engine from the official SDK adapters; the API key comes from the provider's env variable."""
+    key = os.environ.get(provider.key_env)
+    if not key:
+        raise TierDown(f"tier {name}: the API key variable {provider.key_env} is not set")
+    kwargs = {"api_key": key, "base_url": provider.base_url, "timeout_s": tier.timeout_s,
+              "max_connections": provider.max_connections, "default_max_tokens": tier.max_tokens}
+    if provider.kind == "anthropic":
+        from serving.engines.anthropic_messages import AnthropicEngine
+
+        if tier.max_tokens is None:
+            kwargs.pop("default_max_tokens")
+        return AnthropicEngine(name, tier.model or "", **kwargs)  # type: ignore[arg-type]
+    from serving.engines.openai_compat import OpenAICompatEngine
+
+    return OpenAICompatEngine(name, tier.model or "", **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Tier:
+    """A configured tier: where its engine comes from, what it costs and whether its circuit is open."""
+
+    name: str
+    config: TierConfig
+    breaker: TierBreaker
+    kind: str  # "local" | "openai" | "anthropic"
+    cloud: Engine | None = None
+    cloud_error: str | None = None
+
+    @property
+    def logprobs(self) -> bool:
+        """Whether this tier can return token logprobs (the confidence gate needs them)."""
+        return self.kind != "anthropic"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        per_in, per_out = self.config.price.per_token()
+        return prompt_tokens * per_in + completion_tokens * per_out
+
+
+class TierSet:
+    """All tiers of the platform; local tiers pick an engine of their model group (by weight, skipping
+    engines known to be down), cloud tiers use one SDK-backed engine each."""
+
+    def __init__(self, router: GroupRouter, health: EngineHealth, cloud_factory: CloudFactory = default_cloud_factory):
+        self.router = router
+        self.health = health
+        self.cloud_factory = cloud_factory
+        self.tiers: dict[str, Tier] = {}
+
+    def update(self, tiers: Mapping[str, TierConfig], providers: Mapping[str, ProviderConfig]) -> None:
+        """Apply a new tier table; a tier whose config is unchanged keeps its breaker and client."""
+        table: dict[str, Tier] = {}
+        for name, cfg in tiers.items():
+            old = self.tiers.get(name)
+            provider = providers.get(cfg.provider) if cfg.provider else None
+            if old is not None and old.config == cfg and (provider is None or old.kind == provider.kind):
+                table[name] = old
+                continue
+            tier = Tier(name, cfg, TierBreaker(name, cfg.breaker), provider.kind if provider else "local")
+            if provider is not None:
+                try:
+                    tier.cloud = self.cloud_factory(name, provider, cfg)
+                except Exception as exc:
+                    tier.cloud_error = str(exc)
+                    logger.warning("tier %s is disabled: %s", name, exc)
+            table[name] = tier
+        self.tiers = table
+
+    def engine_for(self, tier: Tier) -> Engine:
+        """The engine that serves this call of `tier`; raises `TierDown` if none can."""
+        if tier.config.model_group is None:
+            if tier.cloud is None:
+                raise TierDown(tier.cloud_error or f"tier {tier.name} has no client")
+            return tier.cloud
+        group, engine = self.router.route(tier.config.model_group)
+        chosen = self.health.choose(group, engine)
+        if chosen is None:
+            raise TierDown(f"tier {tier.name}: no engine of model group {group.name} is available")
+        return chosen
+
+    def model_name(self, tier: Tier, engine: Engine) -> str:
+        """The model a client is told answered: the engine (local) or the provider's model name (cloud)."""
+        return engine.name if tier.config.model_group is not None else (tier.config.model or engine.name)
