@@ -149,8 +149,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     url = _base_url(cfg)
     model = next(iter(cfg.model_groups))
     _say(f"ready in {time.monotonic() - t0:.0f} s")
+    routes = "".join(
+        f"\n  route {name}: " + " -> ".join(t.tier for t in r.tiers)
+        + (f"   (gates: {', '.join(r.gates.enabled())})" if r.gated else "   (ungated)")
+        for name, r in cfg.routes.items()
+    )
     print(f"""
-  OpenAI-compatible endpoint: {url}/v1      (models: {", ".join(cfg.model_groups)})
+  OpenAI-compatible endpoint: {url}/v1      (models: {", ".join([*cfg.model_groups, *cfg.routes])}){routes}
   Gateway metrics:            {url}/metrics
   vLLM engine metrics:        http://127.0.0.1:{cfg.ray.metrics_export_port}/metrics  (Ray's metrics agent)
 
@@ -256,13 +261,20 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             ok = False
             continue
-        print(f"{path}: ok ({len(cfg.engines)} engine(s), model groups: {', '.join(cfg.model_groups)})")
+        routes = f", routes: {', '.join(cfg.routes)}" if cfg.routes else ""
+        groups = ", ".join(cfg.model_groups)
+        print(f"{path}: ok ({len(cfg.engines)} engine(s), model groups: {groups}{routes})", flush=True)
+        for name, tier in cfg.tiers.items():
+            provider = cfg.providers.get(tier.provider) if tier.provider else None
+            if provider is not None and not os.environ.get(provider.key_env):
+                print(f"  warning: tier {name}: {provider.key_env} is not set here; the gateway skips the tier "
+                      "unless its environment has it", file=sys.stderr)
     return 0 if ok else 1
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    print(json.dumps(cfg.model_dump(mode="json", by_alias=True), indent=2))
     return 0
 
 
