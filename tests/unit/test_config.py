@@ -227,14 +227,26 @@ def test_missing_and_empty_files(tmp_path: Path):
 # -- the CLI ------------------------------------------------------------------------------------------------
 
 
-def test_cli_validate_good_files(capsys):
+def test_cli_validate_good_files(capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     assert main(["config", "validate", str(LOCAL), str(GPU)]) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith(f"{LOCAL}: ok") and GROUP in lines[0]
+    assert lines[0].startswith(f"{LOCAL}: ok") and GROUP in lines[0] and "routes: auto" in lines[0]
     assert lines[1].startswith(f"{GPU}: ok") and "llama-3.1-8b-instruct" in lines[1]
     assert err == ""
+    assert "sk-test" not in out
+
+
+def test_cli_validate_warns_about_missing_api_keys(capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    assert main(["config", "validate", str(GPU)]) == 0  # a warning, not an error: the gateway skips the tier
+    err = capsys.readouterr().err
+    assert "tier gpt-4o-mini: OPENAI_API_KEY is not set" in err
+    assert "ANTHROPIC_API_KEY" not in err
 
 
 def test_cli_validate_bad_file(tmp_path: Path, capsys):
