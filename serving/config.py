@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
-_PATH_PREFIX = re.compile(r"^[a-z_]+(\.[\w.-]+)+: ")
+_PATH_PREFIX = re.compile(r"^[a-z_]+(\.\S+)+: ")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 """Engine and model-group names: lower-case DNS-like labels (they become Ray Serve and Kubernetes names)."""
 

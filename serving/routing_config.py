@@ -16,10 +16,11 @@ GateKind = Literal["json", "rules", "refusal", "empty", "confidence", "judge"]
 GATE_KINDS: tuple[str, ...] = ("json", "rules", "refusal", "empty", "confidence", "judge")
 
 DEFAULT_REFUSAL_PATTERNS = (
-    r"\bI(?:'m| am) (?:sorry|afraid),? (?:but )?I (?:can(?:no|')t|am unable|won't)",
-    r"\bI (?:can(?:no|')t|am unable to|won't|will not) (?:help|assist|comply|provide|do that|answer)",
-    r"\bAs an AI(?: language model)?,? I (?:can(?:no|')t|am unable|don't)",
-    r"\bI(?:'m| am) not able to (?:help|assist|provide|answer)",
+    r"\bI(?:['\u2019]m| am) (?:sorry|afraid),? (?:but )?I (?:can(?:no|['\u2019])t|am unable|won['\u2019]t)",
+    r"\bI (?:can(?:no|['\u2019])t|am unable to|won['\u2019]t|will not) "
+    r"(?:help(?! but\b)|assist|comply|provide|do that|answer)",
+    r"\bAs an AI(?: language model)?,? I (?:can(?:no|['\u2019])t|am unable|don['\u2019]t)",
+    r"\bI(?:['\u2019]m| am) not able to (?:help|assist|provide|answer)",
 )
 """Case-insensitive patterns of common refusals (English), checked on the answer's first 400 characters."""
 

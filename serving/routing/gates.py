@@ -7,6 +7,7 @@ A gate returns a `GateResult` (pass/fail with reasons). Gates are built once per
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,7 @@ from serving.routing_config import (
     RulesGateConfig,
 )
 
+logger = logging.getLogger("serving.routing")
 _MAX_REASONS = 3
 
 
@@ -167,8 +169,10 @@ class JsonGate:
         def check_one(text: str, _finish: str | None) -> list[str]:
             try:
                 value = json.loads(text)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 return [f"the answer is not valid JSON ({exc.msg} at position {exc.pos})"]
+            except (ValueError, RecursionError) as exc:  # e.g. a 5,000-digit number, or 2,000 nested brackets
+                return [f"the answer is not usable JSON ({type(exc).__name__})"]
             if validator is None:
                 return []
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
@@ -271,6 +275,7 @@ class ConfidenceGate:
         return _result(self.name, reasons[:_MAX_REASONS], score=worst_mean)
 
 
+_PLACEHOLDER = re.compile(r"\{(question|answer)\}")
 _SCORE = re.compile(r"\b(10|[1-9](?:\.\d+)?)\b")
 
 
@@ -302,7 +307,8 @@ class JudgeGate:
         question = question_of(ctx.request, ctx.endpoint)
         scores = []
         for text in answer.texts:
-            prompt = self.cfg.prompt.replace("{question}", question).replace("{answer}", text)
+            fields = {"question": question, "answer": text}
+            prompt = _PLACEHOLDER.sub(lambda m, f=fields: f[m.group(1)], self.cfg.prompt)  # one pass
             try:
                 verdict = await ctx.judge(self.cfg.tier, prompt, self.cfg.max_tokens)
             except Exception as exc:
@@ -334,5 +340,9 @@ async def run_gates(gates: Sequence[Gate], answer: Answer, ctx: GateContext) -> 
         if gate.name == "judge" and any(not r.passed for r in results):
             results.append(GateResult("judge", True, ["not asked: another gate failed"], skipped=True))
             continue
-        results.append(await gate.check(answer, ctx))
+        try:
+            results.append(await gate.check(answer, ctx))
+        except Exception as exc:  # a gate that cannot judge an answer has not passed it
+            logger.exception("gate %s failed on an answer", gate.name)
+            results.append(GateResult(gate.name, False, [f"the {gate.name} check could not run: {type(exc).__name__}"]))
     return results

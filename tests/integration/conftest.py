@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -29,12 +30,24 @@ import yaml
 
 from tests.integration.support import (
     APP,
+    CITY_SCHEMA,
+    CLOUD_KEY,
+    CLOUD_KEY_ENV,
+    CLOUD_MODEL,
+    CLOUD_PROVIDER,
+    CLOUD_REPLY,
+    CLOUD_TIER,
+    DEAD_TIER,
+    JSON_ROUTE,
     MAX_MODEL_LEN,
+    PYTHON,
     RAY,
+    RESILIENT_ROUTE,
     ROOT,
     SERVING,
     SMOL_ENGINE,
     SMOL_GROUP,
+    SMOL_TIER,
     TINY_ENGINE,
     TINY_GROUP,
     Stack,
@@ -127,9 +140,35 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
-def _write_config(path: Path, gateway_port: int, metrics_port: int) -> None:
+def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
+    """Providers, tiers and routes of the session: SmolLM2 first, a fake cloud (tests/fake_clouds.py) next."""
+    fast = {"attempts": 2, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "jitter_s": 0.05}
+    return {
+        "providers": {
+            CLOUD_PROVIDER: {"kind": "openai", "base_url": f"http://127.0.0.1:{cloud_port}/v1",
+                             "api_key_env": CLOUD_KEY_ENV},
+            "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{dead_port}/v1", "api_key_env": CLOUD_KEY_ENV},
+        },
+        "tiers": {
+            SMOL_TIER: {"model_group": SMOL_GROUP, "timeout_s": 120,
+                        "price": {"gpu_hour": {"usd_per_hour": 0.8, "output_tokens_per_s": 1500}}},
+            CLOUD_TIER: {"provider": CLOUD_PROVIDER, "model": CLOUD_MODEL, "timeout_s": 30, "retry": fast,
+                         "price": {"input_per_1m": 2.5, "output_per_1m": 10.0}},
+            DEAD_TIER: {"provider": "dead", "model": "gone", "timeout_s": 5, "retry": fast,
+                        "breaker": {"failure_threshold": 2, "cooldown_s": 600}},
+        },
+        "routes": {
+            JSON_ROUTE: {"tiers": [SMOL_TIER, CLOUD_TIER], "on_exhausted": "error",
+                         "gates": {"json": {"required": True, "schema": CITY_SCHEMA}}},
+            RESILIENT_ROUTE: {"tiers": [DEAD_TIER, SMOL_TIER]},
+        },
+    }
+
+
+def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int) -> None:
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
-    ray: dict[str, object] = {"num_cpus": 4, "app_name": APP, "metrics_export_port": metrics_port}
+    ray: dict[str, Any] = {"num_cpus": 4, "app_name": APP, "metrics_export_port": metrics_port,
+                           "env": {CLOUD_KEY_ENV: CLOUD_KEY}}
     if os.environ.get(INGRESS_ENV):
         ray["serve_ingress"] = os.environ[INGRESS_ENV]
     config = {
@@ -144,6 +183,7 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int) -> None:
             TINY_GROUP: {"engines": [TINY_ENGINE]},
             SMOL_GROUP: {"engines": [SMOL_ENGINE]},
         },
+        **_routing(cloud_port, dead_port),
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -182,12 +222,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     taken: set[int] = set()
     gateway_port, metrics_port = _free_port(taken), _free_port(taken)
+    cloud_port, dead_port = _free_port(taken), _free_port(taken)  # nothing ever listens on dead_port
     config, log = tmp / "platform.yaml", tmp / "serving.log"
-    _write_config(config, gateway_port, metrics_port)
-    stack = Stack(f"http://127.0.0.1:{gateway_port}", config, metrics_port, env, log)
+    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port)
+    stack = Stack(f"http://127.0.0.1:{gateway_port}", config, metrics_port, env, log,
+                  cloud_url=f"http://127.0.0.1:{cloud_port}")
     logger.info("starting the stack: %s (log: %s)", config, log)
 
     proc: subprocess.Popen[str] | None = None
+    cloud = subprocess.Popen(
+        [PYTHON, "-m", "tests.fake_clouds", "openai", "--port", str(cloud_port), "--api-key", CLOUD_KEY,
+         "--reply", CLOUD_REPLY],
+        cwd=ROOT, env=env, stdout=(tmp / "fake-cloud.log").open("w"), stderr=subprocess.STDOUT,
+    )
     try:
         t0 = time.monotonic()
         proc = subprocess.Popen(
@@ -206,6 +253,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         logger.info("stack up in %.0f s at %s", time.monotonic() - t0, stack.url)
         yield stack
     finally:
+        cloud.kill()
+        cloud.wait()
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

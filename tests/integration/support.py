@@ -24,6 +24,18 @@ SMOL_GROUP, SMOL_ENGINE = "smollm2-135m-instruct", "smollm2"
 MAX_MODEL_LEN = 2048
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 HELLO = [{"role": "user", "content": "Hello!"}]
+# Routing: SmolLM2 first, then a fake OpenAI-compatible cloud (tests/fake_clouds.py, run by conftest).
+SMOL_TIER, CLOUD_TIER, DEAD_TIER = "smol", "fake-cloud", "dead-cloud"
+CLOUD_PROVIDER, CLOUD_MODEL = "fake-openai", "fake-strong"
+CLOUD_KEY_ENV, CLOUD_KEY = "ITEST_CLOUD_KEY", "itest-secret-key"
+JSON_ROUTE, RESILIENT_ROUTE = "itest-json", "itest-resilient"
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+CLOUD_REPLY = '{"city": "Paris", "country": "France"}'
 # Far more than MAX_MODEL_LEN tokens with either tokenizer.
 TOO_LONG = "hello " * 3000
 
@@ -37,6 +49,7 @@ class Stack:
     metrics_port: int
     env: dict[str, str]
     log: Path
+    cloud_url: str = ""  # the fake cloud's root URL (scripted over HTTP: /_fake/script, /_fake/requests)
 
     def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run `serving ARGS` with the session's environment."""

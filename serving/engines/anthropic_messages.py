@@ -1,0 +1,463 @@
+"""`Engine` over Anthropic's Messages API through the official `anthropic` SDK, answering in OpenAI's formats.
+
+Requests (vLLM's `ChatCompletionRequest` / `CompletionRequest`) are mapped to `POST /v1/messages`:
+
+* system/developer messages -> `system` (joined with blank lines); user/assistant messages -> `messages`, with
+  consecutive same-role messages merged and OpenAI text parts turned into text blocks; image/audio/file parts,
+  tool/function messages, assistant tool calls and `tools` -> `EngineRejected` (400); `n > 1` -> `EngineRejected`;
+* `max_completion_tokens` / `max_tokens` (else `default_max_tokens`: Anthropic requires one); `stop` ->
+  `stop_sequences`; `user` -> `metadata.user_id`; `response_format` json_object / json_schema -> an instruction
+  appended to the system prompt ("Reply with only a JSON object ..." + the schema);
+* `temperature` (clamped to [0, 1]) and `top_p` are sent only with `send_sampling_params=True`: the API version the
+  SDK speaks (`anthropic-version: 2026-10-21`) rejects them (400 "Extra inputs are not permitted"), even at their
+  defaults; older API versions and some proxies accept them. Logprobs, seed, penalties, logit_bias are ignored
+  (Anthropic has none; the router skips its confidence gate for Anthropic tiers);
+* completions: the prompt (a string, or a list of one string) is one user message; the answer comes back in the
+  `text_completion` shape (`echo` prepends the prompt; `suffix`, `best_of > 1`, several prompts -> rejected).
+
+Non-streamed: yields ONE `openai.types.chat.ChatCompletion` / `openai.types.Completion` (id = the message id,
+finish_reason mapped: end_turn/stop_sequence/pause_turn -> stop, max_tokens/model_context_window_exceeded ->
+length, tool_use -> tool_calls, refusal -> content_filter; usage with prompt_tokens = input + cache tokens).
+Streamed: the raw event stream becomes `chat.completion.chunk` (or `text_completion`) SSE strings: a role chunk,
+one chunk per text delta, a finish chunk, the usage chunk (`"choices": []`) when
+`stream_options.include_usage`, then `data: [DONE]`.
+
+Errors map like `serving.engines.openai_compat` (see its table; 529 overloaded -> `EngineUnavailable`, or
+`EngineRateLimited` with a retry-after); an in-stream `error` event -> `EngineFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anthropic
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+
+from serving.engines.base import (
+    Endpoint,
+    EngineFailed,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+)
+from serving.engines.openai_compat import (
+    DONE,
+    HTTP_ERRORS,
+    HTTP_TIMEOUT_ERRORS,
+    Redactor,
+    request_body,
+    sdk_http_client,
+    sse,
+    status_error,
+)
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+JSON_INSTRUCTION = "Reply with only a JSON object: no other text before or after it, and no Markdown code fences."
+
+_CALL_ERRORS = (anthropic.AnthropicError, asyncio.TimeoutError, *HTTP_ERRORS, ValueError)
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
+
+
+def _reject(message: str, param: str | None = None) -> EngineRejected:
+    return EngineRejected(message, status=400, code="invalid_value" if param else None, param=param)
+
+
+def _text_parts(content: Any, where: str) -> list[str]:
+    """The texts of an OpenAI message content (a string or a list of parts); non-text parts are rejected."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        raise _reject(f"{where}.content must be a string or a list of content parts.", f"{where}.content")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            texts.append(str(part.get("text") or ""))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        else:
+            raise _reject(
+                f"{where}.content[{j}] is a {kind or 'non-text'} part: this model takes text only "
+                "(images, audio and files are not supported).",
+                f"{where}.content",
+            )
+    return texts
+
+
+def _error_fields(body: object, default: str) -> tuple[str, str | None]:
+    """(message, code) from an Anthropic error body `{"type": "error", "error": {"type", "message", "details"}}`;
+    the code is `details.error_code`, else the error type (e.g. `invalid_request_error`)."""
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        error = body["error"]
+        message = error.get("message")
+        details = error.get("details")
+        code = details.get("error_code") if isinstance(details, Mapping) else None
+        code = code if isinstance(code, str) else error.get("type")
+        return (message if isinstance(message, str) and message else default), (str(code) if code else None)
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:500], None
+    return default, None
+
+
+def _usage(input_tokens: int, cache_creation: int | None, cache_read: int | None, output_tokens: int) -> dict:
+    prompt = input_tokens + (cache_creation or 0) + (cache_read or 0)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": output_tokens,
+        "total_tokens": prompt + output_tokens,
+    }
+    if cache_read:
+        usage["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    return usage
+
+
+class AnthropicEngine:
+    """An `Engine` over Anthropic's Messages API (see the module docstring for the mapping)."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        timeout_s: float = 60.0,
+        max_connections: int = 100,
+        default_max_tokens: int | None = 1024,
+        send_sampling_params: bool = False,
+    ):
+        self.name = name
+        self.model = model
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.default_max_tokens = default_max_tokens or 1024
+        self.send_sampling_params = send_sampling_params
+        self._redact = Redactor(api_key)
+        self._http, timeout = sdk_http_client(anthropic.DefaultAsyncHttpxClient, timeout_s, max_connections)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=self._http
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicEngine(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r})"
+
+    # -- request mapping ----------------------------------------------------------------------------------------
+
+    def build_kwargs(self, endpoint: Endpoint, request: Any) -> dict[str, Any]:
+        """The SDK's `messages.create` kwargs for an OpenAI chat/completions request; raises `EngineRejected`."""
+        body = request_body(request)
+        if (body.get("n") or 1) > 1:
+            raise _reject("n > 1 is not supported by this model; send one request per answer.", "n")
+        system: list[str] = []
+        if endpoint == "chat":
+            messages = self._map_messages(body.get("messages") or [], system)
+            if body.get("tools") and body.get("tool_choice") != "none":
+                raise _reject("Tools / function calling are not supported by this model.", "tools")
+        else:
+            messages = [{"role": "user", "content": [{"type": "text", "text": self._prompt(body)}]}]
+        if not messages:
+            raise _reject("At least one user or assistant message with text is required.", "messages")
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") in ("json_object", "json_schema"):
+            instruction = JSON_INSTRUCTION
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            if fmt.get("type") == "json_schema" and schema is not None:
+                instruction += f"\nThe JSON object must match this JSON schema:\n{json.dumps(schema)}"
+            system.append(instruction)
+
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens,
+        }
+        if system:
+            kwargs["system"] = "\n\n".join(system)
+        stop = body.get("stop")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stops = [s for s in stops if s.strip()]
+        if stops:
+            kwargs["stop_sequences"] = stops
+        if body.get("user"):
+            kwargs["metadata"] = {"user_id": str(body["user"])}
+        if self.send_sampling_params:
+            extra = {}
+            if body.get("temperature") is not None:
+                extra["temperature"] = min(1.0, max(0.0, float(body["temperature"])))
+            if body.get("top_p") is not None:
+                extra["top_p"] = float(body["top_p"])
+            if extra:
+                kwargs["extra_body"] = extra
+        if body.get("stream"):
+            kwargs["stream"] = True
+        return kwargs
+
+    @staticmethod
+    def _map_messages(raw: list[Any], system: list[str]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        for i, msg in enumerate(raw):
+            where = f"messages[{i}]"
+            role = msg.get("role")
+            if role in ("system", "developer"):
+                text = "\n".join(t for t in _text_parts(msg.get("content"), where) if t)
+                if text:
+                    system.append(text)
+                continue
+            if role not in ("user", "assistant"):
+                raise _reject(
+                    f"{where} has role {role!r}: tool and function messages are not supported by this model.",
+                    f"{where}.role",
+                )
+            if msg.get("tool_calls") or msg.get("function_call"):
+                raise _reject(
+                    f"{where} has tool calls: tool calling is not supported by this model.", f"{where}.tool_calls"
+                )
+            blocks = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t]
+            if not blocks:
+                continue  # Anthropic rejects empty text blocks
+            if messages and messages[-1]["role"] == role:
+                messages[-1]["content"].extend(blocks)
+            else:
+                messages.append({"role": role, "content": blocks})
+        if messages and messages[-1]["role"] == "assistant":  # a prefill may not end in whitespace
+            last = messages[-1]["content"][-1]
+            last["text"] = last["text"].rstrip()
+            if not last["text"]:
+                messages[-1]["content"].pop()
+                if not messages[-1]["content"]:
+                    messages.pop()
+        return messages
+
+    @staticmethod
+    def _prompt(body: dict[str, Any]) -> str:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise _reject(
+                "The prompt must be one string (several prompts and token ids are not supported by this model).",
+                "prompt",
+            )
+        if not prompt.strip():
+            raise _reject("The prompt must not be empty.", "prompt")
+        if body.get("suffix"):
+            raise _reject("suffix is not supported by this model.", "suffix")
+        if (body.get("best_of") or 1) > 1:
+            raise _reject("best_of > 1 is not supported by this model.", "best_of")
+        return prompt
+
+    # -- errors -------------------------------------------------------------------------------------------------
+
+    def _map_error(self, exc: BaseException, *, in_stream: bool = False) -> BaseException:
+        redact = self._redact
+        if isinstance(exc, (anthropic.APITimeoutError, asyncio.TimeoutError, *HTTP_TIMEOUT_ERRORS)):
+            err: BaseException = EngineTimeout(
+                f"engine {self.name}: no answer from {self.model} within {self.timeout_s:g}s"
+                + (" (mid-stream)" if in_stream else "")
+            )
+        elif in_stream:
+            if isinstance(exc, anthropic.APIStatusError):
+                detail = _error_fields(exc.body, "error")[0]
+                err = EngineFailed(f"engine {self.name}: upstream sent an error in the stream: {redact(detail)}")
+            elif isinstance(exc, (anthropic.APIConnectionError, *HTTP_ERRORS)):
+                err = EngineFailed(f"engine {self.name}: the stream was cut ({type(exc).__name__})")
+            else:
+                err = EngineFailed(f"engine {self.name}: malformed stream event ({type(exc).__name__})")
+        elif isinstance(exc, anthropic.APIStatusError):
+            message, code = _error_fields(exc.body, f"HTTP {exc.status_code}")
+            err = status_error(self.name, exc.status_code, redact(message), exc.response.headers, code=code)
+        elif isinstance(exc, (anthropic.APIConnectionError, *HTTP_ERRORS)):
+            err = EngineUnavailable(f"engine {self.name}: cannot reach the API ({type(exc).__name__})")
+        else:
+            err = EngineFailed(f"engine {self.name}: malformed response from upstream ({type(exc).__name__})")
+        return redact.raise_from(err, exc)
+
+    # -- Engine -------------------------------------------------------------------------------------------------
+
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
+        kwargs = self.build_kwargs(endpoint, request)
+        body = request_body(request)
+        echo = body.get("prompt") if endpoint == "completions" and body.get("echo") else None
+        echo = (echo[0] if isinstance(echo, list) else echo) or ""
+        error: BaseException | None = None
+        try:
+            result = await asyncio.wait_for(self._client.messages.create(**kwargs), self.timeout_s)
+        except _CALL_ERRORS as exc:
+            error = self._map_error(exc)
+        if error is not None:
+            raise error  # outside the except block: no implicit __context__ (it may quote the key)
+        if not kwargs.get("stream"):
+            yield self._response(endpoint, result, echo)
+            return
+        opts = body.get("stream_options") or {}
+        async for item in self._relay(endpoint, result, bool(opts.get("include_usage")), echo):
+            yield item
+
+    def _response(self, endpoint: Endpoint, msg: Any, echo: str) -> Any:
+        content = getattr(msg, "content", None) if isinstance(msg, anthropic.types.Message) else None
+        usage = getattr(msg, "usage", None)
+        if not isinstance(content, list) or usage is None or not getattr(msg, "id", None):
+            raise EngineFailed(f"engine {self.name}: malformed response from upstream (no message content)")
+        text = "".join(getattr(b, "text", "") or "" for b in content if getattr(b, "type", None) == "text")
+        reason = finish_reason(getattr(msg, "stop_reason", None))
+        usage_out = _usage(
+            usage.input_tokens or 0,
+            getattr(usage, "cache_creation_input_tokens", None),
+            getattr(usage, "cache_read_input_tokens", None),
+            usage.output_tokens or 0,
+        )
+        model = getattr(msg, "model", None) or self.model
+        if endpoint == "chat":
+            return ChatCompletion.model_validate(
+                {
+                    "id": msg.id,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "logprobs": None,
+                            "finish_reason": reason,
+                        }
+                    ],
+                    "usage": usage_out,
+                }
+            )
+        return Completion.model_validate(
+            {
+                "id": msg.id,
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "text": echo + text, "logprobs": None, "finish_reason": reason}],
+                "usage": usage_out,
+            }
+        )
+
+    async def _relay(self, endpoint: Endpoint, stream: Any, include_usage: bool, echo: str) -> AsyncIterator[str]:
+        """Anthropic's raw events as OpenAI chunks; faults while reading raise `EngineFailed` / `EngineTimeout`."""
+        chat = endpoint == "chat"
+        rid, model, created = "", self.model, int(time.time())
+        input_tokens = output_tokens = 0
+        cache_creation = cache_read = None
+        stop_reason: str | None = None
+        stopped = False
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return sse(
+                json.dumps(
+                    {
+                        "id": rid,
+                        "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": created,
+                        "model": model,
+                        "choices": choices,
+                        **extra,
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+        def content(text: str, reason: str | None = None) -> str:
+            if chat:
+                delta = {"content": text} if reason is None else {}
+                return chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}])
+            return chunk([{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}])
+
+        iterator = stream.__aiter__()
+        try:
+            while not stopped:
+                error: BaseException | None = None
+                try:
+                    event = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    error = self._map_error(exc, in_stream=True)
+                if error is not None:
+                    raise error
+                kind = getattr(event, "type", None)
+                if kind == "message_start":
+                    message = event.message
+                    rid, model = message.id, message.model or self.model
+                    usage = message.usage
+                    if usage is not None:
+                        input_tokens = usage.input_tokens or 0
+                        cache_creation = getattr(usage, "cache_creation_input_tokens", None)
+                        cache_read = getattr(usage, "cache_read_input_tokens", None)
+                        output_tokens = usage.output_tokens or 0
+                    if chat:
+                        yield chunk(
+                            [
+                                {
+                                    "index": 0,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                    if echo:
+                        yield content(echo)
+                elif kind == "content_block_start":
+                    block = event.content_block
+                    if getattr(block, "type", None) == "text" and getattr(block, "text", ""):
+                        yield content(block.text)
+                elif kind == "content_block_delta":
+                    delta = event.delta
+                    if getattr(delta, "type", None) == "text_delta" and delta.text:
+                        yield content(delta.text)
+                elif kind == "message_delta":
+                    stop_reason = event.delta.stop_reason or stop_reason
+                    usage = event.usage
+                    if usage is not None:
+                        output_tokens = usage.output_tokens if usage.output_tokens is not None else output_tokens
+                        if getattr(usage, "input_tokens", None) is not None:
+                            input_tokens = usage.input_tokens
+                        if getattr(usage, "cache_creation_input_tokens", None) is not None:
+                            cache_creation = usage.cache_creation_input_tokens
+                        if getattr(usage, "cache_read_input_tokens", None) is not None:
+                            cache_read = usage.cache_read_input_tokens
+                elif kind == "message_stop":
+                    stopped = True
+                # content_block_stop, ping and unknown events carry nothing to relay
+        finally:
+            await stream.close()
+        if not stopped or not rid:
+            raise EngineFailed(f"engine {self.name}: the stream ended before message_stop")
+        yield content("", finish_reason(stop_reason))
+        if include_usage:
+            yield chunk([], usage=_usage(input_tokens, cache_creation, cache_read, output_tokens))
+        yield DONE
+
+    async def check_health(self) -> None:
+        error: BaseException | None = None
+        try:
+            await asyncio.wait_for(self._client.models.list(limit=1), self.timeout_s)
+        except _CALL_ERRORS as exc:
+            error = self._map_error(exc)
+        if error is not None:
+            raise error
+
+    async def aclose(self) -> None:
+        await self._client.close()
