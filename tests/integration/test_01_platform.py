@@ -6,14 +6,23 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.support import APP, SMOL_ENGINE, SMOL_GROUP, TINY_ENGINE, TINY_GROUP, Stack
+from tests.integration.support import (
+    APP,
+    JSON_ROUTE,
+    RESILIENT_ROUTE,
+    SMOL_ENGINE,
+    SMOL_GROUP,
+    TINY_ENGINE,
+    TINY_GROUP,
+    Stack,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def test_models_lists_both_groups(client: openai.OpenAI):
+def test_models_lists_both_groups_and_the_routes(client: openai.OpenAI):
     models = {m.id: m for m in client.models.list()}
-    assert set(models) == {TINY_GROUP, SMOL_GROUP}
+    assert set(models) == {TINY_GROUP, SMOL_GROUP, JSON_ROUTE, RESILIENT_ROUTE}
     assert all(m.object == "model" for m in models.values())
     assert client.models.retrieve(SMOL_GROUP).id == SMOL_GROUP
     assert models[TINY_GROUP].model_extra["engines"] == [TINY_ENGINE]
