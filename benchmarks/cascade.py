@@ -53,6 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PY = sys.executable
 GROUP = "smollm2-135m-instruct"
+TINY_GROUP = "tiny-llama"  # a ~3M-parameter random Llama: answers in milliseconds, so gateway overhead shows
+OVERHEAD_TARGETS = {
+    "smollm2": {"model-group": GROUP, "ungated-route": "weak-ungated"},
+    "tiny": {"model-group": TINY_GROUP, "ungated-route": "tiny-ungated", "gated-route": "tiny-gated"},
+}
 DEFAULT_THRESHOLDS = "none,-0.5,-0.3,-0.2,-0.15,-0.12,-0.1,-0.08,-0.05"
 OVERHEAD_MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
@@ -143,14 +148,23 @@ engines:
     dtype: bfloat16
     max_model_len: 2048
     kv_cache_gib: 1
+  tiny:
+    model: builtin:tiny-llama
+    device: cpu
+    max_model_len: 2048
+    kv_cache_gib: 1
 model_groups:
   {GROUP}: {{engines: [smollm2-135m]}}
+  {TINY_GROUP}: {{engines: [tiny]}}
 providers:
   strong-provider: {{kind: {args.strong_kind}, base_url: {json.dumps(strong_base_url)}, api_key_env: {key_env}}}
 tiers:
   weak:
     model_group: {GROUP}
     price: {{gpu_hour: {{usd_per_hour: {args.weak_usd_per_hour}, output_tokens_per_s: {args.weak_tokens_per_s}}}}}
+    timeout_s: 60
+  tiny:
+    model_group: {TINY_GROUP}
     timeout_s: 60
   strong:
     provider: strong-provider
@@ -165,6 +179,8 @@ routes:
   weak-only: {{tiers: [weak], gates: {{json: {{required: true}}}}}}
   strong-only: {{tiers: [strong]}}
   weak-ungated: {{tiers: [weak]}}
+  tiny-ungated: {{tiers: [tiny]}}
+  tiny-gated: {{tiers: [tiny], gates: {{empty: {{}}}}}}
 """
 
 
@@ -349,8 +365,9 @@ async def timed_request(client: httpx.AsyncClient, url: str, model: str, stream:
     return {"ok": True, "ttft": ttft if ttft is not None else total, "total": total}
 
 
-async def measure_overhead(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    targets = {"model-group": GROUP, "ungated-route": "weak-ungated"}
+async def measure_overhead(url: str, args: argparse.Namespace, targets: dict[str, str]) -> dict[str, Any]:
+    """Interleaved requests to a model group and to single-tier routes over the same engine: what the
+    routing layer adds (ungated), and what buffering a gated stream costs (gated)."""
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {t: {"non_streamed": [], "streamed": []} for t in targets}
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     async with httpx.AsyncClient(timeout=120, transport=httpx.AsyncHTTPTransport(socket_options=nodelay)) as client:
@@ -375,11 +392,14 @@ async def measure_overhead(url: str, args: argparse.Namespace) -> dict[str, Any]
             out[name][mode] = {"n": len(ok), "failed": len(rows) - len(ok),
                                "ttft_p50_ms": pct(ttft, 50), "ttft_p95_ms": pct(ttft, 95),
                                "total_p50_ms": pct(total, 50), "total_p95_ms": pct(total, 95)}
-    out["route_minus_group_ms"] = {
-        mode: {k: out["ungated-route"][mode][k] - out["model-group"][mode][k]
-               for k in ("ttft_p50_ms", "ttft_p95_ms", "total_p50_ms", "total_p95_ms")}
-        for mode in ("non_streamed", "streamed")
-    }
+    for name in targets:
+        if name == "model-group":
+            continue
+        out[f"{name}_minus_group_ms"] = {
+            mode: {k: out[name][mode][k] - out["model-group"][mode][k]
+                   for k in ("ttft_p50_ms", "ttft_p95_ms", "total_p50_ms", "total_p95_ms")}
+            for mode in ("non_streamed", "streamed")
+        }
     return out
 
 
@@ -671,8 +691,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  first error: HTTP {first.status}: {first.error}")
 
         log(f"gateway overhead of an ungated route: {args.overhead_rounds} interleaved rounds")
-        overhead = asyncio.run(measure_overhead(url, args))
-        log("  route - model group (ms): " + json.dumps(overhead["route_minus_group_ms"]))
+        overhead = {}
+        for engine, targets in OVERHEAD_TARGETS.items():
+            overhead[engine] = asyncio.run(measure_overhead(url, args, targets))
+            for key, diff in overhead[engine].items():
+                if key.endswith("_minus_group_ms"):
+                    log(f"  {engine}: {key} " + json.dumps({m: round(v["ttft_p50_ms"], 2) for m, v in diff.items()}))
         standin_stats = None
         if standin:
             with contextlib.suppress(httpx.HTTPError, ValueError):

@@ -185,8 +185,8 @@ class Cascade:
 
     def plan(self, route: Route, overrides: RequestOverrides | None) -> tuple[RouteConfig, dict[str, Gate]]:
         """The route's config and gates with the request's overrides applied (a ValueError names the field)."""
-        if overrides is None or not (overrides.gates or overrides.self_correct is not None
-                                     or overrides.on_exhausted or overrides.deadline_s):
+        if overrides is None or (overrides.gates is None and overrides.self_correct is None
+                                 and overrides.on_exhausted is None and overrides.deadline_s is None):
             return route.config, dict(route.gates)
         if not route.config.allow_overrides:
             raise ValueError(f"route {route.name} does not accept per-request overrides")
@@ -195,10 +195,6 @@ class Cascade:
         if judge is not None and judge.tier not in self.tiers.tiers:
             raise ValueError(f"serving.gates.judge.tier: unknown tier {judge.tier!r}")
         return cfg, dict(build_gates(cfg.gates)) if overrides.gates is not None else dict(route.gates)
-
-    @staticmethod
-    def gated(gates: dict[str, Gate]) -> bool:
-        return bool(gates)
 
     # -------------------------------------------------------------------------------------------- one call
 

@@ -167,7 +167,11 @@ def test_cascade_benchmark_writes_a_valid_platform_config(tmp_path) -> None:
     path = tmp_path / "cascade.yaml"
     path.write_text(platform_yaml(args, "http://127.0.0.1:9100/v1", "STANDIN_API_KEY"))
     cfg = load_config(path)
-    assert set(cfg.routes) == {"cascade", "weak-only", "strong-only", "weak-ungated"}
+    assert set(cfg.routes) == {"cascade", "weak-only", "strong-only", "weak-ungated", "tiny-ungated", "tiny-gated"}
+    from benchmarks.cascade import OVERHEAD_TARGETS
+
+    for targets in OVERHEAD_TARGETS.values():  # every overhead target is a route or a model group
+        assert all(m in cfg.routes or m in cfg.model_groups for m in targets.values())
     configs = run_configs(parse_thresholds("none,-0.2"), -0.1)
     task = TASKS[0]
     by_name = {c.name: c for c in configs}
