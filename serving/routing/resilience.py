@@ -82,7 +82,7 @@ def _is_retryable(cfg: RetryConfig) -> Callable[[BaseException], bool]:
 
 
 def _wait(cfg: RetryConfig) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.jitter_s)
+    backoff = wait_exponential_jitter(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.jitter_s)
 
     def wait(state: RetryCallState) -> float:
         delay = backoff(state)
