@@ -38,8 +38,10 @@ EVERYTHING_ON = [
 
 
 def find_k8s_bin(name: str) -> str | None:
-    """A Kubernetes tool: $SERVING_K8S_BIN/<name>, then $HOME/.cache/serving/k8s/bin/<name>, then PATH."""
-    dirs = [os.environ.get("SERVING_K8S_BIN"), str(Path.home() / ".cache" / "serving" / "k8s" / "bin")]
+    """A Kubernetes tool: $SERVING_K8S_BIN/<name>, then scripts/k8s_testenv.sh's cache
+    (${SERVING_K8S_CACHE:-$HOME/.cache/serving/k8s}/bin/<name>), then PATH."""
+    cache = os.environ.get("SERVING_K8S_CACHE") or str(Path.home() / ".cache" / "serving" / "k8s")
+    dirs = [os.environ.get("SERVING_K8S_BIN"), str(Path(cache) / "bin")]
     for d in dirs:
         if d and os.access(Path(d) / name, os.X_OK):
             return str(Path(d) / name)
