@@ -240,17 +240,55 @@ class Cluster:
     def _make_pki(self) -> None:
         self.pki = self.workdir / "pki"
         self.pki.mkdir(exist_ok=True)
-        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=serving-test-ca",
-                      "-keyout", "ca.key", "-out", "ca.crt")
-        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-                      "-keyout", "server.key", "-out", "server.csr")
+        self._openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=serving-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        )
+        self._openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        )
         (self.pki / "ext.cnf").write_text(
             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
             "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1\n"
             "extendedKeyUsage=serverAuth\n"
         )
-        self._openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                      "-days", "3650", "-out", "server.crt", "-extfile", "ext.cnf")
+        self._openssl(
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "ext.cnf",
+        )
         self._openssl("genrsa", "-out", "sa.key", "2048")
         self._openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
         (self.pki / "tokens.csv").write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
@@ -259,43 +297,82 @@ class Cluster:
     def _start_etcd(self) -> None:
         client, peer, self.port = free_ports(3)
         self.etcd_url = f"http://127.0.0.1:{client}"
-        self._spawn("etcd", [
-            self.bins["etcd"], "--name", "default", "--data-dir", str(self.workdir / "etcd"),
-            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-            "--log-level", "warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                self.bins["etcd"],
+                "--name",
+                "default",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                self.etcd_url,
+                "--advertise-client-urls",
+                self.etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer}",
+                "--log-level",
+                "warn",
+            ],
+        )
 
     def _start_apiserver(self) -> None:
         self.server = f"https://127.0.0.1:{self.port}"
         p = self.pki
-        self._spawn("kube-apiserver", [
-            self.bins["kube-apiserver"],
-            "--etcd-servers", self.etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(self.port), "--insecure-port", "0",
-            "--tls-cert-file", str(p / "server.crt"), "--tls-private-key-file", str(p / "server.key"),
-            "--client-ca-file", str(p / "ca.crt"),
-            "--token-auth-file", str(p / "tokens.csv"),
-            "--authorization-mode", "RBAC",
-            "--service-account-key-file", str(p / "sa.pub"),
-            "--service-account-signing-key-file", str(p / "sa.key"),
-            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-            "--disable-admission-plugins", "ServiceAccount",
-            "--service-cluster-ip-range", "10.0.0.0/16",
-            "--allow-privileged=true",
-            "--cert-dir", str(self.workdir / "apiserver-certs"),
-            "--v", "1",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                self.bins["kube-apiserver"],
+                "--etcd-servers",
+                self.etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.port),
+                "--insecure-port",
+                "0",
+                "--tls-cert-file",
+                str(p / "server.crt"),
+                "--tls-private-key-file",
+                str(p / "server.key"),
+                "--client-ca-file",
+                str(p / "ca.crt"),
+                "--token-auth-file",
+                str(p / "tokens.csv"),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-key-file",
+                str(p / "sa.pub"),
+                "--service-account-signing-key-file",
+                str(p / "sa.key"),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                "--service-cluster-ip-range",
+                "10.0.0.0/16",
+                "--allow-privileged=true",
+                "--cert-dir",
+                str(self.workdir / "apiserver-certs"),
+                "--v",
+                "1",
+            ],
+        )
 
     def _write_kubeconfig(self) -> None:
         import base64
 
         ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
         cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
             "clusters": [{"name": "test", "cluster": {"server": self.server, "certificate-authority-data": ca}}],
             "users": [{"name": "admin", "user": {"token": self.token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin", "namespace": "default"}}],
@@ -304,19 +381,34 @@ class Cluster:
         self.kubeconfig.chmod(0o600)
 
     def _start_controller_manager(self) -> None:
-        self._spawn("kube-controller-manager", [
-            self.bins["kube-controller-manager"],
-            "--kubeconfig", str(self.kubeconfig),
-            "--controllers", self.controllers,
-            "--use-service-account-credentials=false",
-            "--leader-elect=false",
-            "--port", "0", "--secure-port", "0",
-            "--service-account-private-key-file", str(self.pki / "sa.key"),
-            "--root-ca-file", str(self.pki / "ca.crt"),
-            "--concurrent-deployment-syncs", "5", "--concurrent-replicaset-syncs", "5",
-            "--concurrent-endpoint-syncs", "5",
-            "--v", "1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.bins["kube-controller-manager"],
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--controllers",
+                self.controllers,
+                "--use-service-account-credentials=false",
+                "--leader-elect=false",
+                "--port",
+                "0",
+                "--secure-port",
+                "0",
+                "--service-account-private-key-file",
+                str(self.pki / "sa.key"),
+                "--root-ca-file",
+                str(self.pki / "ca.crt"),
+                "--concurrent-deployment-syncs",
+                "5",
+                "--concurrent-replicaset-syncs",
+                "5",
+                "--concurrent-endpoint-syncs",
+                "5",
+                "--v",
+                "1",
+            ],
+        )
 
     def _default_sa_exists(self) -> bool:
         self._check_alive()
@@ -370,8 +462,9 @@ class Cluster:
             return False
 
     # ---- kubectl / helm --------------------------------------------------------------------------------------
-    def _run(self, tool: str, args: tuple[str, ...], input: str | None, check: bool, timeout: float
-             ) -> subprocess.CompletedProcess:
+    def _run(
+        self, tool: str, args: tuple[str, ...], input: str | None, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [self.bins[tool], *args], input=input, capture_output=True, text=True, env=self.env, timeout=timeout
         )
@@ -379,16 +472,18 @@ class Cluster:
             raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-                ) -> subprocess.CompletedProcess:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         """Run kubectl against this cluster; ``.stdout``/``.stderr``/``.returncode`` on the result."""
         return self._run("kubectl", args, input, check, timeout)
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
-    def helm(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
-             ) -> subprocess.CompletedProcess:
+    def helm(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
         """Run helm against this cluster."""
         return self._run("helm", args, input, check, timeout)
 
@@ -433,23 +528,49 @@ class Cluster:
                 "capacity": capacity,
                 "allocatable": dict(capacity),
                 "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node",
-                     "lastHeartbeatTime": now, "lastTransitionTime": now},
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "test node",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    },
                     *[
-                        {"type": t, "status": "False", "reason": "KubeletHasSufficient", "lastHeartbeatTime": now,
-                         "lastTransitionTime": now}
+                        {
+                            "type": t,
+                            "status": "False",
+                            "reason": "KubeletHasSufficient",
+                            "lastHeartbeatTime": now,
+                            "lastTransitionTime": now,
+                        }
                         for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
                     ],
                 ],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
                 "nodeInfo": {
-                    "machineID": "test", "systemUUID": "test", "bootID": "test", "kernelVersion": "test",
-                    "osImage": "test", "containerRuntimeVersion": "fake://0", "kubeletVersion": "v1.20.2",
-                    "kubeProxyVersion": "v1.20.2", "operatingSystem": "linux", "architecture": "amd64",
+                    "machineID": "test",
+                    "systemUUID": "test",
+                    "bootID": "test",
+                    "kernelVersion": "test",
+                    "osImage": "test",
+                    "containerRuntimeVersion": "fake://0",
+                    "kubeletVersion": "v1.20.2",
+                    "kubeProxyVersion": "v1.20.2",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
                 },
             },
         }
-        created = self.api("POST", "/api/v1/nodes", node)
+        self.api("POST", "/api/v1/nodes", node)
+        # the TaintNodesByCondition admission plugin taints every new node not-ready:NoSchedule; the node lifecycle
+        # controller would lift it once the kubelet reports Ready -- do that here (JSON merge patch replaces the list)
+        created = self.api(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            {"spec": {"taints": taints or None}},
+            content_type="application/merge-patch+json",
+        )
         if self.default_node is None:
             self.default_node = name
         return created
@@ -488,8 +609,10 @@ class Cluster:
         for node in nodes:
             name = node["metadata"]["name"]
             labels = node["metadata"].get("labels") or {}
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in node.get("status", {}).get("conditions") or [])
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in node.get("status", {}).get("conditions") or []
+            )
             if not ready or any(labels.get(k) != v for k, v in selector.items()):
                 continue
             if not all(self._tolerates(pod, t) for t in node.get("spec", {}).get("taints") or []):
@@ -497,8 +620,11 @@ class Cluster:
             allocatable = node.get("status", {}).get("allocatable") or {}
             used: dict[str, int] = {}
             for other in pods:
-                if (other["spec"].get("nodeName") == name and not other["metadata"].get("deletionTimestamp")
-                        and other.get("status", {}).get("phase") not in ("Succeeded", "Failed")):
+                if (
+                    other["spec"].get("nodeName") == name
+                    and not other["metadata"].get("deletionTimestamp")
+                    and other.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                ):
                     for r, n in self._extended_requests(other).items():
                         used[r] = used.get(r, 0) + n
             if all(used.get(r, 0) + n <= int(str(allocatable.get(r, "0"))) for r, n in wants.items()):
@@ -514,22 +640,39 @@ class Cluster:
     def mark_pod_ready(self, pod: dict, node: str) -> None:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         if not pod["spec"].get("nodeName"):
-            self.api("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", {
-                "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-            })
+            self.api(
+                "POST",
+                f"/api/v1/namespaces/{ns}/pods/{name}/binding",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": name, "namespace": ns},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                },
+            )
         now = now_rfc3339()
         ip = pod.get("status", {}).get("podIP") or self._alloc_ip()
 
         def statuses(containers: list[dict], init: bool) -> list[dict]:
             out = []
             for c in containers:
-                state = ({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}
-                         if init else {"running": {"startedAt": now}})
-                out.append({
-                    "name": c["name"], "image": c.get("image", ""), "imageID": "", "containerID": f"fake://{name}",
-                    "ready": True, "started": not init, "restartCount": 0, "state": state,
-                })
+                state = (
+                    {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}
+                    if init
+                    else {"running": {"startedAt": now}}
+                )
+                out.append(
+                    {
+                        "name": c["name"],
+                        "image": c.get("image", ""),
+                        "imageID": "",
+                        "containerID": f"fake://{name}",
+                        "ready": True,
+                        "started": not init,
+                        "restartCount": 0,
+                        "state": state,
+                    }
+                )
             return out
 
         status = {
@@ -546,15 +689,26 @@ class Cluster:
         }
         if pod["spec"].get("initContainers"):
             status["initContainerStatuses"] = statuses(pod["spec"]["initContainers"], True)
-        self.api("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status},
-                 content_type="application/merge-patch+json")
+        self.api(
+            "PATCH",
+            f"/api/v1/namespaces/{ns}/pods/{name}/status",
+            {"status": status},
+            content_type="application/merge-patch+json",
+        )
 
     def mark_pods_ready(self, namespace: str | None = None, selector: str | None = None) -> list[str]:
         """One kubelet pass: bind Pending pods to a matching Ready node and mark them Running/Ready; finish the
         deletion of terminating pods (no kubelet would). Returns ``ns/name`` of the pods it marked Ready."""
         path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
-        pods = self.get(path, **({"labelSelector": selector} if selector else {}))["items"]
-        all_pods = pods if not (namespace or selector) else self.get("/api/v1/pods")["items"]
+        all_pods = self.get("/api/v1/pods")["items"]
+        if namespace or selector:  # the same objects as in all_pods, so GPUs bound in this pass are counted
+            wanted = {
+                p["metadata"]["uid"]
+                for p in self.get(path, **({"labelSelector": selector} if selector else {}))["items"]
+            }
+            pods = [p for p in all_pods if p["metadata"]["uid"] in wanted]
+        else:
+            pods = all_pods
         nodes = self.get("/api/v1/nodes")["items"]
         marked = []
         for pod in pods:
@@ -562,8 +716,11 @@ class Cluster:
             ns, name = meta["namespace"], meta["name"]
             try:
                 if meta.get("deletionTimestamp"):
-                    self.api("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
-                             {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})
+                    self.api(
+                        "DELETE",
+                        f"/api/v1/namespaces/{ns}/pods/{name}",
+                        {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0},
+                    )
                     continue
                 if pod_is_ready(pod) or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                     continue
@@ -574,7 +731,8 @@ class Cluster:
                 pod["spec"]["nodeName"] = node  # count its GPUs for the next pod of this pass
                 marked.append(f"{ns}/{name}")
             except KubeError as exc:
-                if exc.status not in (404, 409):  # gone or changed meanwhile: next pass
+                # gone or changed meanwhile: next pass; namespace being deleted: nothing left to do for this pod
+                if exc.status not in (404, 409) and not (exc.status == 403 and "being terminated" in str(exc)):
                     raise
         return marked
 
@@ -588,13 +746,22 @@ class Cluster:
         for pod in pods["items"]:
             if pod.get("status", {}).get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
                 continue
-            term = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                    "startedAt": now, "finishedAt": now}
+            term = {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": now,
+                "finishedAt": now,
+            }
             status = {
                 "phase": "Succeeded" if exit_code == 0 else "Failed",
                 "conditions": [
-                    {"type": t, "status": "False" if t in ("Ready", "ContainersReady") else "True",
-                     "reason": "PodCompleted", "lastProbeTime": None, "lastTransitionTime": now}
+                    {
+                        "type": t,
+                        "status": "False" if t in ("Ready", "ContainersReady") else "True",
+                        "reason": "PodCompleted",
+                        "lastProbeTime": None,
+                        "lastTransitionTime": now,
+                    }
                     for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
                 ],
                 "containerStatuses": [
@@ -603,8 +770,12 @@ class Cluster:
                 ],
             }
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-            self.api("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status},
-                     content_type="application/merge-patch+json")
+            self.api(
+                "PATCH",
+                f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                {"status": status},
+                content_type="application/merge-patch+json",
+            )
             done.append(f"{ns}/{name}")
         return done
 
@@ -647,8 +818,17 @@ class Cluster:
         return list(self._kubelet_errors)
 
     # ---- RBAC ------------------------------------------------------------------------------------------------
-    def can_i(self, verb: str, resource: str, *, user: str, namespace: str | None = None,
-              groups: list[str] | None = None, group: str = "", name: str = "") -> bool:
+    def can_i(
+        self,
+        verb: str,
+        resource: str,
+        *,
+        user: str,
+        namespace: str | None = None,
+        groups: list[str] | None = None,
+        group: str = "",
+        name: str = "",
+    ) -> bool:
         """SubjectAccessReview: may ``user`` do ``verb`` on ``resource``?"""
         attrs: dict[str, Any] = {"verb": verb, "resource": resource, "group": group}
         if namespace:
@@ -658,9 +838,15 @@ class Cluster:
         spec: dict[str, Any] = {"user": user, "resourceAttributes": attrs}
         if groups:
             spec["groups"] = groups
-        review = self.api("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec,
-        })
+        review = self.api(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": spec,
+            },
+        )
         return bool(review.get("status", {}).get("allowed"))
 
     # ---- cleanup helpers -------------------------------------------------------------------------------------
