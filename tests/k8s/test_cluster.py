@@ -96,6 +96,23 @@ spec:
     cluster.kubectl("patch", "rayservice", "llm", "-n", namespace, "--type=merge", "--subresource=status",
                     "-p", json.dumps({"status": {"serviceStatus": "Running"}}))
     assert "Running" in cluster.kubectl("get", "rayservice", "llm", "-n", namespace).stdout
+    # the schema is structural: wrong types are rejected, unknown fields pruned (as with KubeRay's real CRD)
+    bad = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, input="""
+apiVersion: ray.io/v1
+kind: RayService
+metadata: {name: bad}
+spec:
+  rayClusterConfig:
+    headGroupSpec:
+      rayStartParams: {num-cpus: 0}
+      template: {spec: {containers: [{name: c, image: x}]}}
+""")
+    assert bad.returncode != 0 and "rayStartParams.num-cpus" in bad.stderr, bad.stderr
+    cluster.kubectl("patch", "rayservice", "llm", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"rayClusterConfig": {"headGroupSpec": {"rayStartParms": {"a": "b"}}}}}))
+    stored = cluster.kubectl_json("get", "rayservice", "llm", "-n", namespace)
+    head = stored["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert "rayStartParms" not in head and "template" in head
     # the monitoring CRDs are registered too
     for kind in ("servicemonitors", "podmonitors", "prometheusrules"):
         cluster.kubectl("get", kind, "-n", namespace)

@@ -1,0 +1,304 @@
+"""`helm install --wait`, `helm upgrade`, `helm rollback` and `helm uninstall` of helm/serving into a real
+Kubernetes 1.20 API server (etcd + kube-apiserver + kube-controller-manager, see tests/k8s/cluster.py).
+
+No KubeRay operator runs, so nothing turns the RayService into Ray pods; what is checked is what the API server
+and the real controllers do with the release: every object is admitted, Deployments roll out (the kubelet stand-in
+marks their pods Ready), claims bind to pre-provisioned volumes, the stored RayService carries the platform config,
+the RayService's head/worker pod templates are valid Pods that land on the GPU node, and the controller's
+ServiceAccount can reach its own RayService and nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serving.config import parse_config
+from tests.k8s.cluster import Cluster, KubeError, wait_for
+from tests.k8s.conftest import GPU_NODE
+
+pytestmark = pytest.mark.k8s
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "serving"
+RELEASE = "serving"
+TIMEOUT = "180s"
+_pv_counter = itertools.count(1)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def values(preset: str | None) -> list[str]:
+    return ["-f", str(CHART / preset)] if preset else []
+
+
+def helm_ok(cluster: Cluster, *args: str) -> str:
+    proc = cluster.helm(*args, check=False, timeout=400)
+    assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def install(cluster: Cluster, namespace: str, *args: str) -> str:
+    return helm_ok(cluster, "install", RELEASE, str(CHART), "-n", namespace, "--wait", "--timeout", TIMEOUT, *args)
+
+
+def manifest(cluster: Cluster, namespace: str, revision: int | None = None) -> list[dict[str, Any]]:
+    rev = ["--revision", str(revision)] if revision else []
+    out = helm_ok(cluster, "get", "manifest", RELEASE, "-n", namespace, *rev)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def names(docs: list[dict[str, Any]], kind: str) -> list[str]:
+    return sorted(d["metadata"]["name"] for d in docs if d["kind"] == kind)
+
+
+def history(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    return json.loads(helm_ok(cluster, "history", RELEASE, "-n", namespace, "-o", "json"))
+
+
+def rayservice(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    items = cluster.get(f"/apis/ray.io/v1/namespaces/{namespace}/rayservices")["items"]
+    assert len(items) == 1, [i["metadata"]["name"] for i in items]
+    return items[0]
+
+
+def serve_app(rs: dict[str, Any]) -> dict[str, Any]:
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    assert len(apps) == 1
+    return apps[0]
+
+
+def deployments_available(cluster: Cluster, namespace: str) -> dict[str, tuple[int, int]]:
+    """name -> (desired, available) for every Deployment in the namespace."""
+    items = cluster.get(f"/apis/apps/v1/namespaces/{namespace}/deployments")["items"]
+    return {d["metadata"]["name"]: (d["spec"]["replicas"], d["status"].get("availableReplicas", 0)) for d in items}
+
+
+def provision_volumes(cluster: Cluster, n: int = 2) -> None:
+    """Pre-provisioned volumes for the release's claims (model cache, MLflow store)."""
+    for _ in range(n):
+        cluster.create_pv(f"pv-{next(_pv_counter)}")
+
+
+@pytest.fixture
+def release_ns(kubelet: Cluster, namespace: str) -> Iterator[str]:
+    """A namespace with volumes ready for one release; the release is uninstalled afterwards."""
+    provision_volumes(kubelet)
+    yield namespace
+    kubelet.helm("uninstall", RELEASE, "-n", namespace, check=False, timeout=120)
+
+
+# ------------------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("preset", ["values-llama-8b-awq.yaml", "values-llama-70b-awq.yaml", "values-cpu-demo.yaml"])
+def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: str) -> None:
+    ns = release_ns
+    monitoring = [f"monitoring.{m}.enabled=true" for m in ("serviceMonitor", "prometheusRule", "grafanaDashboard")]
+    out = install(kubelet, ns, *values(preset), *(a for m in monitoring for a in ("--set", m)))
+    assert "STATUS: deployed" in out
+    docs = manifest(kubelet, ns)
+
+    # every Deployment of the release rolled out (real deployment/replicaset controllers, pods Ready)
+    deps = deployments_available(kubelet, ns)
+    assert sorted(deps) == names(docs, "Deployment")
+    assert all(avail == want >= 1 for want, avail in deps.values()), deps
+    # claims bound by the real persistentvolume-binder (helm --wait waited for that too)
+    for claim in names(docs, "PersistentVolumeClaim"):
+        pvc = kubelet.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
+        assert pvc["status"]["phase"] == "Bound", pvc["status"]
+    # the gateway Service has endpoints only once Ray pods serve it (no KubeRay here): it exists and selects them
+    for svc in names(docs, "Service"):
+        assert kubelet.get(f"/api/v1/namespaces/{ns}/services/{svc}")["spec"]["clusterIP"]
+    # monitoring objects admitted by their CRDs
+    assert kubelet.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/prometheusrules")["items"]
+    assert kubelet.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors")["items"]
+
+    # the stored RayService is the rendered one: the structural CRD pruned no field the chart set
+    rs = rayservice(kubelet, ns)
+    [rendered] = [d for d in docs if d["kind"] == "RayService"]
+    assert rs["spec"] == rendered["spec"]
+    # it carries the preset's platform config, and that parses as one
+    app = serve_app(rs)
+    assert app["import_path"] == "serving.app:app_builder"
+    expected = yaml.safe_load((CHART / preset).read_text())["platform"]
+    assert app["args"]["config"] == expected
+    cfg = parse_config(app["args"]["config"])
+    assert {d["name"] for d in app["deployments"]} == {"gateway", *(f"engine-{e}" for e in cfg.engines)}
+
+    # the RayService pod templates are valid Pods (server-side dry run) ...
+    cluster_cfg = rs["spec"]["rayClusterConfig"]
+    templates = {"head": cluster_cfg["headGroupSpec"]["template"]}
+    templates.update({g["groupName"]: g["template"] for g in cluster_cfg["workerGroupSpecs"]})
+    for group, template in templates.items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template.get("metadata", {}), "name": f"dry-{group}"},
+               "spec": template["spec"]}
+        kubelet.api("POST", f"/api/v1/namespaces/{ns}/pods", pod, params={"dryRun": "All"})
+
+
+def test_ray_pod_templates_land_on_the_gpu_node(kubelet: Cluster, release_ns: str) -> None:
+    """Create the Pods KubeRay would create from the 8B preset's worker group: they pass admission, request
+    nvidia.com/gpu, tolerate the GPU taint and select the GPU operator's labels, so they bind to the GPU node;
+    the head group asks for no GPU."""
+    ns = release_ns
+    install(kubelet, ns, *values("values-llama-8b-awq.yaml"))
+    cluster_cfg = rayservice(kubelet, ns)["spec"]["rayClusterConfig"]
+    worker = cluster_cfg["workerGroupSpecs"][0]
+    for i in range(worker["replicas"]):
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {**worker["template"].get("metadata", {}), "name": f"ray-worker-{i}"},
+               "spec": worker["template"]["spec"]}
+        kubelet.api("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    wait_for(lambda: all(
+        kubelet.get(f"/api/v1/namespaces/{ns}/pods/ray-worker-{i}")["spec"].get("nodeName") == GPU_NODE
+        for i in range(worker["replicas"])), 30, what="worker pods bound to the GPU node")
+    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert int(limits["nvidia.com/gpu"]) >= 1
+    head = cluster_cfg["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in (head.get("resources") or {}).get("limits", {})
+
+
+def test_upgrade_then_rollback(kubelet: Cluster, release_ns: str, tmp_path: Path) -> None:
+    ns = release_ns
+    preset = values("values-llama-8b-awq.yaml")
+    install(kubelet, ns, *preset)
+    rs1 = rayservice(kubelet, ns)
+    controller = next(n for n in deployments_available(kubelet, ns) if n.endswith("-controller"))
+    image1 = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+
+    # upgrade: a platform config change (engine autoscaling bounds) and a new image tag
+    platform = yaml.safe_load((CHART / "values-llama-8b-awq.yaml").read_text())["platform"]
+    engine = next(iter(platform["engines"]))
+    platform["engines"][engine]["replicas"] = {"min": 1, "max": 3}
+    (tmp_path / "upgrade.yaml").write_text(yaml.safe_dump({"platform": platform}))
+    out = helm_ok(kubelet, "upgrade", RELEASE, str(CHART), "-n", ns, *preset, "-f", str(tmp_path / "upgrade.yaml"),
+                  "--set", "image.tag=0.2.0", "--wait", "--timeout", TIMEOUT)
+    assert "STATUS: deployed" in out and "REVISION: 2" in out
+    rs2 = rayservice(kubelet, ns)
+    assert rs2["metadata"]["generation"] > rs1["metadata"]["generation"]
+    app2 = serve_app(rs2)
+    replicas = app2["args"]["config"]["engines"][engine]["replicas"]
+    assert (replicas["min"], replicas["max"]) == (1, 3)
+    dep = next(d for d in app2["deployments"] if d["name"] == f"engine-{engine}")
+    assert dep["autoscaling_config"]["max_replicas"] == 3
+    assert rs2["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"].endswith(
+        ":0.2.0")
+    # the controller Deployment rolled to the new image through a new ReplicaSet, and is available again
+    ctl = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")
+    assert ctl["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
+    assert ctl["status"].get("updatedReplicas") == ctl["status"].get("availableReplicas") == ctl["spec"]["replicas"]
+    assert len(kubelet.get(f"/apis/apps/v1/namespaces/{ns}/replicasets",
+                           labelSelector="app.kubernetes.io/component=controller")["items"]) == 2
+
+    # rollback to revision 1: the RayService and the controller image are as first installed
+    out = helm_ok(kubelet, "rollback", RELEASE, "1", "-n", ns, "--wait", "--timeout", TIMEOUT)
+    assert "Rollback was a success" in out
+    rs3 = rayservice(kubelet, ns)
+    assert serve_app(rs3) == serve_app(rs1)
+    assert rs3["spec"]["rayClusterConfig"] == rs1["spec"]["rayClusterConfig"]
+    ctl = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")
+    assert ctl["spec"]["template"]["spec"]["containers"][0]["image"] == image1
+    wait_for(lambda: deployments_available(kubelet, ns)[controller][1] == 1, 60, what="controller available")
+    revs = history(kubelet, ns)
+    assert [(r["revision"], r["status"]) for r in revs] == [(1, "superseded"), (2, "superseded"), (3, "deployed")]
+    assert "Rollback to 1" in revs[-1]["description"]
+
+
+def test_uninstall_keeps_the_model_cache(kubelet: Cluster, release_ns: str) -> None:
+    ns = release_ns
+    install(kubelet, ns, *values("values-llama-8b-awq.yaml"))
+    claims = names(manifest(kubelet, ns), "PersistentVolumeClaim")
+    cache = [c for c in claims if "model-cache" in c]
+    assert len(cache) == 1, claims
+    helm_ok(kubelet, "uninstall", RELEASE, "-n", ns, "--wait", "--timeout", TIMEOUT)
+    left = {p["metadata"]["name"] for p in kubelet.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]}
+    assert left == set(cache)  # helm.sh/resource-policy: keep; the MLflow store claim went with the release
+    assert kubelet.get(f"/apis/ray.io/v1/namespaces/{ns}/rayservices")["items"] == []
+    assert kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments")["items"] == []
+
+
+def test_controller_service_account_can_patch_its_rayservice_only(kubelet: Cluster, release_ns: str) -> None:
+    ns = release_ns
+    install(kubelet, ns, *values("values-llama-8b-awq.yaml"))
+    docs = manifest(kubelet, ns)
+    [sa] = names(docs, "ServiceAccount")
+    [rs_name] = names(docs, "RayService")
+    user = f"system:serviceaccount:{ns}:{sa}"
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"]
+    # another RayService in the same namespace, which the controller must not touch
+    kubelet.apply("apiVersion: ray.io/v1\nkind: RayService\nmetadata: {name: other}\nspec: {serveConfigV2: ''}\n",
+                  namespace=ns)
+
+    def can(verb: str, resource: str, *, group: str = "", name: str = "", namespace: str = ns) -> bool:
+        return kubelet.can_i(verb, resource, user=user, groups=groups, group=group, name=name, namespace=namespace)
+
+    # SubjectAccessReview: exactly get/list/watch/patch/update on its own RayService
+    for verb in ("get", "list", "watch", "patch", "update"):
+        assert can(verb, "rayservices", group="ray.io", name=rs_name), verb
+    for verb in ("get", "patch", "update", "delete"):
+        assert not can(verb, "rayservices", group="ray.io", name="other"), verb
+    assert not can("delete", "rayservices", group="ray.io", name=rs_name)
+    assert not can("create", "rayservices", group="ray.io")
+    assert not can("list", "rayservices", group="ray.io")  # unnamed list would reveal other RayServices
+    assert not can("patch", "rayservices", group="ray.io", name=rs_name, namespace="default")
+    assert not can("get", "secrets", name="serving-cloud-api-keys")
+    assert not can("patch", "deployments", group="apps")
+    assert not can("create", "pods")
+    assert not can("patch", "rayservices/status", group="ray.io", name=rs_name)
+
+    # and for real, with the ServiceAccount's own token
+    token = kubelet.service_account_token(ns, sa)
+    base = f"/apis/ray.io/v1/namespaces/{ns}/rayservices"
+    got = kubelet.api("GET", f"{base}/{rs_name}", token=token)
+    assert got["metadata"]["name"] == rs_name
+    listed = kubelet.api("GET", base, token=token, params={"fieldSelector": f"metadata.name={rs_name}"})
+    assert [i["metadata"]["name"] for i in listed["items"]] == [rs_name]
+    patched = kubelet.api("PATCH", f"{base}/{rs_name}", {"metadata": {"annotations": {"serving.dev/probe": "1"}}},
+                          content_type="application/merge-patch+json", token=token)
+    assert patched["metadata"]["annotations"]["serving.dev/probe"] == "1"
+    for method, path, body in [
+        ("PATCH", f"{base}/other", {"metadata": {"annotations": {"x": "1"}}}),
+        ("DELETE", f"{base}/{rs_name}", None),
+        ("GET", base, None),
+        ("GET", f"/api/v1/namespaces/{ns}/secrets", None),
+        ("GET", "/apis/ray.io/v1/namespaces/default/rayservices", None),
+    ]:
+        with pytest.raises(KubeError) as exc:
+            kubelet.api(method, path, body, content_type="application/merge-patch+json", token=token)
+        assert exc.value.status == 403, (method, path)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set-string", "ray.workers.replicas=two"], "ray.workers.replicas: Invalid type. Expected: integer"),
+    (["--set", "modelCache.type=hostPath"], "modelCache.type"),
+    (["--set", "gateway.replicaCount=2"], "Additional property replicaCount is not allowed"),
+])
+def test_install_rejects_bad_values_and_creates_nothing(cluster: Cluster, namespace: str, args: list[str],
+                                                        message: str) -> None:
+    proc = cluster.helm("install", RELEASE, str(CHART), "-n", namespace, *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert json.loads(cluster.helm("list", "-n", namespace, "-a", "-o", "json").stdout) == []
+    assert cluster.get(f"/api/v1/namespaces/{namespace}/secrets", labelSelector="owner=helm")["items"] == []
+    assert cluster.get(f"/apis/apps/v1/namespaces/{namespace}/deployments")["items"] == []
+
+
+def test_install_with_external_redis_and_mlflow(kubelet: Cluster, release_ns: str) -> None:
+    """The switchable dependencies: no bundled Redis/MLflow objects, URLs passed to the pods instead."""
+    ns = release_ns
+    install(kubelet, ns, *values("values-llama-8b-awq.yaml"), "--set", "redis.enabled=false",
+            "--set", "redis.externalUrl=redis://redis.shared:6379/2", "--set", "mlflow.enabled=false",
+            "--set", "mlflow.trackingUri=http://mlflow.shared:5000")
+    deps = deployments_available(kubelet, ns)
+    assert not [n for n in deps if n.endswith(("-redis", "-mlflow"))], deps
+    env = {e["name"]: e.get("value") for e in rayservice(kubelet, ns)["spec"]["rayClusterConfig"]["headGroupSpec"][
+        "template"]["spec"]["containers"][0]["env"]}
+    assert env["REDIS_URL"] == "redis://redis.shared:6379/2"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.shared:5000"
