@@ -281,7 +281,7 @@ def test_controller_role_is_least_privilege(helm: str) -> None:
     controller = one(docs, "Deployment", "-controller")["spec"]["template"]["spec"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": controller["serviceAccountName"],
                                     "namespace": "serving"}]
-    assert controller["containers"][0]["command"] == ["serving", "rollout", "run"]
+    assert controller["containers"][0]["command"] == ["serving", "rollout-controller"]
     env = {e["name"]: e.get("value") for e in controller["containers"][0]["env"]}
     assert env["SERVING_RAYSERVICE"] == rayservice
 

@@ -116,6 +116,10 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
     # the gateway Service has endpoints only once Ray pods serve it (no KubeRay here): it exists and selects them
     for svc in names(docs, "Service"):
         assert kubelet.get(f"/api/v1/namespaces/{ns}/services/{svc}")["spec"]["clusterIP"]
+    # a 1.20 API server has no policy/v1: the chart fell back to policy/v1beta1 for the PodDisruptionBudget
+    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["apiVersion"] == "policy/v1beta1"
+    assert kubelet.get(f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/{pdb['metadata']['name']}")
     # monitoring objects admitted by their CRDs
     assert kubelet.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/prometheusrules")["items"]
     assert kubelet.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors")["items"]
