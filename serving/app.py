@@ -1,24 +1,42 @@
-"""Builds the Ray Serve application (gateway + engine deployments) from a `PlatformConfig`."""
+"""Builds the Ray Serve applications (one gateway app + one app per engine) from a `PlatformConfig`.
+
+Every engine is its own Serve application (`<app>-engine-<name>`, no HTTP route) and the gateway app reaches it
+by name through a DeploymentHandle. Serve derives an application's code version from its import path and args,
+so adding, removing or re-weighting one engine (a rollout step) never restarts another engine or the gateway:
+the engine set and the traffic weights reach the gateway as its `user_config` (`reconfigure`, no restart).
+
+`serve_config()` renders the whole thing in Serve's declarative config format (what `serve deploy`, the Serve
+REST API and KubeRay's `serveConfigV2` take); `serving up` deploys exactly that.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from serving.config import PlatformConfig, load_config, parse_config
+from serving.config import EngineConfig, PlatformConfig, load_config, parse_config
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
 
 GATEWAY_DEPLOYMENT = "gateway"
+GATEWAY_IMPORT_PATH = "serving.app:gateway_builder"
+ENGINE_IMPORT_PATH = "serving.app:engine_builder"
+
+
+def engine_app_name(app_name: str, engine: str) -> str:
+    """The Serve application that holds one engine: `<app>-engine-<engine>`."""
+    return f"{app_name}-engine-{engine}"
 
 
 def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
-    """The gateway's reconfigurable state: model groups (traffic weights), providers, tiers, routes, tenants."""
+    """The gateway's reconfigurable state: the engines it may call (engine -> Serve app), model groups (traffic
+    weights), providers, tiers, routes, tenants."""
 
     def dump(table: dict[str, Any]) -> dict[str, Any]:
         return {name: item.model_dump(mode="json", by_alias=True, exclude_none=True) for name, item in table.items()}
 
     return {
+        "engines": {name: engine_app_name(config.ray.app_name, name) for name in config.engines},
         "model_groups": dump(config.model_groups),
         "providers": dump(config.providers),
         "tiers": dump(config.tiers),
@@ -27,14 +45,12 @@ def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
     }
 
 
-def build_app(config: PlatformConfig) -> Application:
-    """The Serve application: one `LLMServer` deployment per engine behind the gateway ingress."""
+def build_gateway_app(config: PlatformConfig) -> Application:
+    """The gateway ingress deployment alone; engines are other applications, named in its user_config."""
     from ray import serve
 
     from serving.api.ingress import GatewayDeployment
-    from serving.engines.ray_llm import build_engine_deployment
 
-    engines = {name: build_engine_deployment(name, engine) for name, engine in config.engines.items()}
     gw = config.gateway
     gateway = serve.deployment(
         GatewayDeployment,
@@ -44,16 +60,99 @@ def build_app(config: PlatformConfig) -> Application:
         ray_actor_options={"num_cpus": gw.num_cpus},
         user_config=gateway_user_config(config),
     )
-    return gateway.bind(gw.model_dump(mode="json"), engines)
+    return gateway.bind(gw.model_dump(mode="json"))
 
 
-def app_builder(args: dict[str, Any]) -> Application:
-    """Entry point for Serve config files / KubeRay serveConfigV2 (`import_path: serving.app:app_builder`).
+def build_engine_app(name: str, engine: EngineConfig) -> Application:
+    """One engine: a Ray Serve LLM `LLMServer` deployment named `engine-<name>`."""
+    from serving.engines.ray_llm import build_engine_deployment
 
-    `args` holds either `config_path` (a YAML file on the nodes) or `config` (the platform config inline).
-    """
+    return build_engine_deployment(name, engine)
+
+
+def _platform(args: dict[str, Any]) -> PlatformConfig:
     if "config" in args:
-        return build_app(parse_config(args["config"], "args.config"))
+        return parse_config(args["config"], "args.config")
     if "config_path" in args:
-        return build_app(load_config(args["config_path"]))
-    raise ValueError("serving.app:app_builder needs args.config_path or args.config")
+        return load_config(args["config_path"])
+    raise ValueError("serving.app:gateway_builder needs args.config_path or args.config")
+
+
+def gateway_builder(args: dict[str, Any]) -> Application:
+    """Serve entry point of the gateway app (`import_path: serving.app:gateway_builder`).
+
+    `args` holds the platform config inline (`config`) or a YAML file on the nodes (`config_path`).
+    """
+    return build_gateway_app(_platform(args))
+
+
+def engine_builder(args: dict[str, Any]) -> Application:
+    """Serve entry point of one engine app (`import_path: serving.app:engine_builder`, args `name` + `engine`)."""
+    try:
+        name, engine = args["name"], args["engine"]
+    except KeyError as exc:
+        raise ValueError(f"serving.app:engine_builder needs args.name and args.engine (missing {exc})") from None
+    from pydantic import ValidationError
+
+    from serving.config import ConfigError, format_validation_error
+
+    try:
+        spec = EngineConfig.model_validate(engine)
+    except ValidationError as exc:
+        raise ConfigError(f"args.engine of engine {name!r}", format_validation_error(exc)) from None
+    return build_engine_app(name, spec)
+
+
+def _deployment_options(engine: EngineConfig) -> dict[str, Any]:
+    r = engine.replicas
+    if r.min == r.max:
+        return {"num_replicas": r.min}
+    return {"autoscaling_config": {"min_replicas": r.min, "max_replicas": r.max,
+                                   "target_ongoing_requests": r.target_ongoing_requests}}
+
+
+def serve_config(
+    config: PlatformConfig,
+    *,
+    base: dict[str, Any] | None = None,
+    http_host: str | None = None,
+    proxy_location: str = "EveryNode",
+) -> dict[str, Any]:
+    """The platform in Serve's declarative multi-application format (ServeDeploySchema as a dict).
+
+    `base`: the platform config to keep in the gateway app's `args.config` (default: `config` itself). A rollout
+    passes the config as first deployed, so the gateway app's code version stays put, and carries the engines and
+    weights it changes in the gateway's `user_config` override (a lightweight update).
+    """
+    from serving.engines.ray_llm import deployment_name
+
+    gw = config.gateway
+    app = config.ray.app_name
+    gateway_app: dict[str, Any] = {
+        "name": app,
+        "route_prefix": gw.route_prefix,
+        "import_path": GATEWAY_IMPORT_PATH,
+        "args": {"config": base if base is not None else config.model_dump(mode="json", by_alias=True,
+                                                                             exclude_none=True)},
+        "deployments": [{
+            "name": GATEWAY_DEPLOYMENT,
+            "num_replicas": gw.replicas,
+            "max_ongoing_requests": gw.max_ongoing_requests,
+            "user_config": gateway_user_config(config),
+        }],
+    }
+    engine_apps = [
+        {
+            "name": engine_app_name(app, name),
+            "route_prefix": None,
+            "import_path": ENGINE_IMPORT_PATH,
+            "args": {"name": name, "engine": engine.model_dump(mode="json", exclude_none=True)},
+            "deployments": [{"name": deployment_name(name), **_deployment_options(engine)}],
+        }
+        for name, engine in config.engines.items()
+    ]
+    return {
+        "proxy_location": proxy_location,
+        "http_options": {"host": http_host or gw.host, "port": gw.port},
+        "applications": [gateway_app, *engine_apps],
+    }

@@ -79,22 +79,36 @@ def _base_url(cfg: PlatformConfig) -> str:
     return f"http://{host}:{cfg.gateway.port}{cfg.gateway.route_prefix.rstrip('/')}"
 
 
+def _value(x: Any) -> str:
+    return str(x.value if hasattr(x, "value") else x)
+
+
+_STATE_RANK = {"DEPLOY_FAILED": 0, "UNHEALTHY": 1, "NOT_STARTED": 2, "DEPLOYING": 3, "DELETING": 4, "RUNNING": 5}
+
+
 def _app_state(app_name: str) -> tuple[str, dict[str, Any]]:
-    """(application status, {deployment: summary}) from Serve."""
+    """(state, {deployment: summary}) of the platform: the gateway app `app_name` and its engine apps
+    (`<app_name>-engine-*`); the state is the worst of theirs (RUNNING only when all are)."""
     from ray import serve
 
+    from serving.app import engine_app_name
+
     status = serve.status()
-    app = status.applications.get(app_name)
-    if app is None:
+    prefix = engine_app_name(app_name, "")
+    apps = {n: a for n, a in status.applications.items() if n == app_name or n.startswith(prefix)}
+    if app_name not in apps:
         return "NOT_DEPLOYED", {}
-    deps = {
-        name: {"status": str(d.status.value if hasattr(d.status, "value") else d.status),
-               "replicas": {str(k.value if hasattr(k, "value") else k): v for k, v in d.replica_states.items()},
-               "message": d.message}
-        for name, d in app.deployments.items()
-    }
-    return str(app.status.value if hasattr(app.status, "value") else app.status), deps | (
-        {"_message": {"message": app.message}} if app.message else {})
+    deps: dict[str, Any] = {}
+    for app in apps.values():
+        deps.update({
+            name: {"status": _value(d.status), "message": d.message,
+                   "replicas": {_value(k): v for k, v in d.replica_states.items()}}
+            for name, d in app.deployments.items()
+        })
+        if app.message:
+            deps.setdefault("_message", {"message": ""})["message"] += app.message
+    state = min((_value(a.status) for a in apps.values()), key=lambda st: _STATE_RANK.get(st, 2))
+    return state, deps
 
 
 def _wait_ready(cfg: PlatformConfig, timeout_s: float) -> None:
@@ -125,23 +139,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     # Serve reads its feature flags at import time, in this driver as in the cluster's processes.
     os.environ.update(cfg.ray.cluster_env())
-    from ray import serve
-
-    from serving.app import build_app
+    from serving import serve_deploy
+    from serving.app import serve_config
 
     t0 = time.monotonic()
     if cfg.ray.address in (None, "local"):
         _start_local_ray(cfg)
     elif not _connect(cfg):
         raise SystemExit(f"[serving] cannot reach the Ray cluster at {cfg.ray.address}")
-    _say("preparing models and building the application")
-    app = build_app(cfg)
-    serve.start(http_options={"host": cfg.gateway.host, "port": cfg.gateway.port})
-    serve.run_many(
-        [serve.RunTarget(target=app, name=cfg.ray.app_name, route_prefix=cfg.gateway.route_prefix)],
-        wait_for_ingress_deployment_creation=False, wait_for_applications_running=False,
-    )
-    _say(f"deploying {len(cfg.engines)} engine(s) + gateway (CPU engines take 1-2 minutes to load)")
+    # Build/download the models here, with progress on this terminal; the engine apps' builders then find them
+    # in the cache (a local cluster shares this machine's disk).
+    from serving.engines.ray_llm import resolve_model_path
+
+    _say("preparing models")
+    for engine in cfg.engines.values():
+        resolve_model_path(engine)
+    # Every engine is its own Serve app next to the gateway app (serving.app); deployed declaratively, the way
+    # KubeRay deploys serveConfigV2, so a later rollout step is a lightweight update of the same config.
+    _say(f"deploying the gateway + {len(cfg.engines)} engine app(s) (CPU engines take 1-2 minutes to load)")
+    serve_deploy.deploy(serve_config(cfg))
     _wait_ready(cfg, args.timeout)
     STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
     STATE_FILE.write_text(json.dumps({"config": str(Path(args.config or DEFAULT_CONFIG).resolve()),
@@ -202,7 +218,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("not running (no Ray cluster); start it with `serving up`")
         return 1
     state, deps = _app_state(cfg.ray.app_name)
-    print(f"application {cfg.ray.app_name}: {state}")
+    engines = sum(1 for name in deps if name.startswith("engine-"))
+    print(f"platform {cfg.ray.app_name}: {state}  (Serve apps: {cfg.ray.app_name} + {engines} engine app(s))")
     for name, d in deps.items():
         if name.startswith("_"):
             print(f"  {d['message']}")

@@ -12,6 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.engines.ray_handle import RayLLMEngine
+from serving.engines.ray_llm import deployment_name
 from serving.routing.groups import GroupRouter
 from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
@@ -29,19 +30,40 @@ def routing_from_user_config(user_config: dict[str, Any]) -> tuple[dict[str, Any
     return tuple({n: cls.model_validate(v) for n, v in (user_config.get(key) or {}).items()} for key, cls in tables)
 
 
+def engine_handle(engine: str, app_name: str) -> DeploymentHandle:
+    """A handle to the `LLMServer` deployment of `engine` in its own Serve application. Not checked for
+    existence: at first deploy the engine apps are built alongside the gateway; until an engine answers, the
+    health probes keep it out of traffic."""
+    return serve.get_deployment_handle(deployment_name(engine), app_name, _check_exists=False)
+
+
 @serve.ingress()
 class GatewayDeployment:
-    """OpenAI-compatible ingress; model-group weights arrive through `reconfigure(user_config)`."""
+    """OpenAI-compatible ingress; the engines (each its own Serve app) and the model groups' traffic weights
+    arrive through `reconfigure(user_config)`, so a rollout step never restarts the gateway."""
 
-    def __init__(self, settings: dict[str, Any], engines: dict[str, DeploymentHandle]):
+    def __init__(self, settings: dict[str, Any]):
         self._settings = GatewayConfig.model_validate(settings)
-        self._router = GroupRouter({n: RayLLMEngine(n, h) for n, h in engines.items()}, {})
+        self._router = GroupRouter({}, {})
+        self._engine_apps: dict[str, str] = {}
         # Ray Serve's HTTP proxy (or its direct-ingress server) already returns x-request-id.
         self._app = build_api(self._router, self._settings, add_request_id=False)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a new group table (traffic weights) without restarting the replica."""
-        self._router.update(groups_from_user_config(user_config))
+    def _engines(self, apps: dict[str, str]) -> dict[str, RayLLMEngine]:
+        """Engine objects for `engine -> Serve app`, keeping the ones already held (and their handles)."""
+        current = self._router.engines
+        return {
+            name: current[name] if self._engine_apps.get(name) == app and name in current
+            else RayLLMEngine(name, engine_handle(name, app))
+            for name, app in apps.items()
+        }
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new engine set and group table (traffic weights) without restarting the replica. Async: handles
+        are made on the replica's event loop (Serve's throughput-optimized mode routes on the caller's loop)."""
+        apps = dict(user_config.get("engines") or {})
+        self._router.update(groups_from_user_config(user_config), self._engines(apps))
+        self._engine_apps = apps
         providers, tiers, routes, tenants = routing_from_user_config(user_config)
         self._app.state.gateway.update_routing(providers, tiers, routes, tenants)
         if routes:

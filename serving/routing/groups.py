@@ -45,18 +45,18 @@ class GroupRouter:
         self.groups: dict[str, ModelGroup] = {}
         self.update(groups)
 
-    def update(self, groups: Mapping[str, ModelGroupConfig]) -> None:
-        """Replace the group table (e.g. new traffic weights); unknown engines are an error."""
+    def update(self, groups: Mapping[str, ModelGroupConfig], engines: Mapping[str, Engine] | None = None) -> None:
+        """Replace the group table (e.g. new traffic weights) and, when given, the engine table (an engine added
+        for a canary, a retired one removed); a group naming an unknown engine is an error and changes nothing."""
+        engines = self.engines if engines is None else dict(engines)
         table = {}
         for name, group in groups.items():
             members = [m for m in group.engines if m.weight > 0]
-            missing = [m.engine for m in members if m.engine not in self.engines]
+            missing = [m.engine for m in members if m.engine not in engines]
             if missing:
                 raise ValueError(f"model group {name!r} names engines that are not deployed: {missing}")
-            table[name] = ModelGroup(
-                name, tuple(self.engines[m.engine] for m in members), tuple(m.weight for m in members)
-            )
-        self.groups = table
+            table[name] = ModelGroup(name, tuple(engines[m.engine] for m in members), tuple(m.weight for m in members))
+        self.engines, self.groups = engines, table
 
     def route(self, model: str) -> tuple[ModelGroup, Engine]:
         """The group a client named and the engine that serves this request."""

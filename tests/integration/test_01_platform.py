@@ -45,7 +45,8 @@ def test_serving_status(stack: Stack):
     proc = stack.cli("status", "--config", str(stack.config))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert f"application {APP}: RUNNING" in lines
+    assert lines[0].startswith(f"platform {APP}: RUNNING"), proc.stdout
+    assert "+ 2 engine app(s)" in lines[0]
     for deployment in (f"engine-{TINY_ENGINE}", f"engine-{SMOL_ENGINE}", "gateway"):
         line = next((ln for ln in lines if ln.split()[:1] == [deployment]), None)
         assert line is not None, f"{deployment} missing from:\n{proc.stdout}"

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from serving.app import engine_app_name
 from tests.integration.support import (
     APP,
     HELLO,
@@ -85,7 +86,8 @@ def _tiny_request(stack: Stack, stream: bool, results: list[Any]) -> None:
 
 
 def test_engine_replica_dies(stack: Stack, http: httpx.Client):
-    killer = subprocess.Popen([PYTHON, "-c", KILLER, f"SERVE_REPLICA::{APP}#engine-{TINY_ENGINE}#"],
+    replica_prefix = f"SERVE_REPLICA::{engine_app_name(APP, TINY_ENGINE)}#engine-{TINY_ENGINE}#"
+    killer = subprocess.Popen([PYTHON, "-c", KILLER, replica_prefix],
                               env=stack.env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert killer.stdin is not None and killer.stdout is not None

@@ -469,7 +469,7 @@ class Cluster:
             [self.bins[tool], *args], input=input, capture_output=True, text=True, env=self.env, timeout=timeout
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+            raise RuntimeError(f"{tool} {' '.join(args)} failed with {proc.returncode}:\n{proc.stdout}{proc.stderr}")
         return proc
 
     def kubectl(

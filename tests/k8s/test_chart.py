@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
-from serving.config import RayConfig, parse_config
-from serving.engines.ray_llm import deployment_name
+from serving.app import serve_config as python_serve_config
+from serving.config import EngineConfig, RayConfig, parse_config
 
 pytestmark = pytest.mark.k8s
 
@@ -147,28 +148,27 @@ def test_rendered_manifests_validate(helm: str, values: str | None, tmp_path: Pa
 
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_serve_config_is_the_platform(helm: str, values: str | None) -> None:
+    """The chart's serveConfigV2 is what serving.app.serve_config() makes of the preset's platform config:
+    the same applications, import paths, args (parsed) and deployment options."""
     docs = render(helm, values)
     config = serve_config(docs)
+    ServeDeploySchema.model_validate(config)
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
-    [app] = config["applications"]
-    assert app["import_path"] == "serving.app:app_builder"
-    assert app["route_prefix"] == "/"
     platform = expected_platform(values)
-    assert app["args"]["config"] == platform
-    parsed = parse_config(app["args"]["config"], "serveConfigV2 args.config")  # it must validate
+    parsed = parse_config(config["applications"][0]["args"]["config"], "serveConfigV2 args.config")
     assert parsed == parse_config(platform)
-    deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == {"gateway", *(deployment_name(n) for n in parsed.engines)}
-    assert deployments["gateway"]["num_replicas"] == parsed.gateway.replicas
-    for name, engine in parsed.engines.items():
-        d = deployments[deployment_name(name)]
-        if engine.replicas.min == engine.replicas.max:
-            assert d["num_replicas"] == engine.replicas.min
-        else:
-            assert d["autoscaling_config"] == {
-                "min_replicas": engine.replicas.min, "max_replicas": engine.replicas.max,
-                "target_ongoing_requests": engine.replicas.target_ongoing_requests,
-            }
+    assert config["applications"][0]["args"]["config"] == platform  # the values, verbatim
+    expected = python_serve_config(parsed)
+    assert [a["name"] for a in config["applications"]] == [a["name"] for a in expected["applications"]]
+    for got, want in zip(config["applications"], expected["applications"], strict=True):
+        assert (got["import_path"], got["route_prefix"]) == (want["import_path"], want["route_prefix"])
+        if got["import_path"] == "serving.app:engine_builder":
+            assert got["args"]["name"] == want["args"]["name"]
+            assert EngineConfig.model_validate(got["args"]["engine"]) == parsed.engines[got["args"]["name"]]
+            assert got["deployments"] == want["deployments"]
+        else:  # the gateway's user_config comes from args.config when the app is built
+            [gw], [want_gw] = got["deployments"], want["deployments"]
+            assert gw == {k: v for k, v in want_gw.items() if k != "user_config"}
 
 
 def test_default_platform_is_the_gpu_config() -> None:

@@ -68,10 +68,15 @@ def rayservice(cluster: Cluster, namespace: str) -> dict[str, Any]:
     return items[0]
 
 
+def serve_apps(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Serve application name -> application, from the RayService's serveConfigV2."""
+    return {a["name"]: a for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]}
+
+
 def serve_app(rs: dict[str, Any]) -> dict[str, Any]:
-    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
-    assert len(apps) == 1
-    return apps[0]
+    """The gateway application (the one with the platform config)."""
+    [app] = [a for a in serve_apps(rs).values() if a["import_path"] == "serving.app:gateway_builder"]
+    return app
 
 
 def deployments_available(cluster: Cluster, namespace: str) -> dict[str, tuple[int, int]]:
@@ -130,11 +135,12 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
     assert rs["spec"] == rendered["spec"]
     # it carries the preset's platform config, and that parses as one
     app = serve_app(rs)
-    assert app["import_path"] == "serving.app:app_builder"
     expected = yaml.safe_load((CHART / preset).read_text())["platform"]
     assert app["args"]["config"] == expected
     cfg = parse_config(app["args"]["config"])
-    assert {d["name"] for d in app["deployments"]} == {"gateway", *(f"engine-{e}" for e in cfg.engines)}
+    engine_apps = {a["args"]["name"]: a for a in serve_apps(rs).values() if a["import_path"].endswith("engine_builder")}
+    assert set(engine_apps) == set(cfg.engines)
+    assert {a["deployments"][0]["name"] for a in engine_apps.values()} == {f"engine-{e}" for e in cfg.engines}
 
     # the RayService pod templates are valid Pods (server-side dry run) ...
     cluster_cfg = rs["spec"]["rayClusterConfig"]
@@ -187,11 +193,10 @@ def test_upgrade_then_rollback(kubelet: Cluster, release_ns: str, tmp_path: Path
     assert "STATUS: deployed" in out and "REVISION: 2" in out
     rs2 = rayservice(kubelet, ns)
     assert rs2["metadata"]["generation"] > rs1["metadata"]["generation"]
-    app2 = serve_app(rs2)
-    replicas = app2["args"]["config"]["engines"][engine]["replicas"]
+    replicas = serve_app(rs2)["args"]["config"]["engines"][engine]["replicas"]
     assert (replicas["min"], replicas["max"]) == (1, 3)
-    dep = next(d for d in app2["deployments"] if d["name"] == f"engine-{engine}")
-    assert dep["autoscaling_config"]["max_replicas"] == 3
+    [engine_app] = [a for a in serve_apps(rs2).values() if a["args"].get("name") == engine]
+    assert engine_app["deployments"][0]["autoscaling_config"]["max_replicas"] == 3
     assert rs2["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"].endswith(
         ":0.2.0")
     # the controller Deployment rolled to the new image through a new ReplicaSet, and is available again
@@ -205,7 +210,7 @@ def test_upgrade_then_rollback(kubelet: Cluster, release_ns: str, tmp_path: Path
     out = helm_ok(kubelet, "rollback", RELEASE, "1", "-n", ns, "--wait", "--timeout", TIMEOUT)
     assert "Rollback was a success" in out
     rs3 = rayservice(kubelet, ns)
-    assert serve_app(rs3) == serve_app(rs1)
+    assert serve_apps(rs3) == serve_apps(rs1)
     assert rs3["spec"]["rayClusterConfig"] == rs1["spec"]["rayClusterConfig"]
     ctl = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")
     assert ctl["spec"]["template"]["spec"]["containers"][0]["image"] == image1
@@ -237,8 +242,8 @@ def test_controller_service_account_can_patch_its_rayservice_only(kubelet: Clust
     user = f"system:serviceaccount:{ns}:{sa}"
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"]
     # another RayService in the same namespace, which the controller must not touch
-    kubelet.apply("apiVersion: ray.io/v1\nkind: RayService\nmetadata: {name: other}\nspec: {serveConfigV2: ''}\n",
-                  namespace=ns)
+    kubelet.apply("apiVersion: ray.io/v1\nkind: RayService\nmetadata: {name: other}\n"
+                  "spec: {serveConfigV2: 'applications: []'}\n", namespace=ns)
 
     def can(verb: str, resource: str, *, group: str = "", name: str = "", namespace: str = ns) -> bool:
         return kubelet.can_i(verb, resource, user=user, groups=groups, group=group, name=name, namespace=namespace)

@@ -255,18 +255,19 @@ def test_local_directory_source(tmp_path: Path):
 
 def test_gpu_app_graph_builds_without_a_cluster():
     from serving.api.ingress import groups_from_user_config
-    from serving.app import GATEWAY_DEPLOYMENT, build_app, gateway_user_config
+    from serving.app import GATEWAY_DEPLOYMENT, build_gateway_app, engine_builder, gateway_user_config
 
     cfg = load_config(ROOT / "configs" / "gpu-llama-8b-awq.yaml")
-    app = build_app(cfg)
-    gateway = app._bound_deployment
+    gateway = build_gateway_app(cfg)._bound_deployment
     assert gateway.name == GATEWAY_DEPLOYMENT
     assert gateway._deployment_config.num_replicas == 2
     assert gateway.ray_actor_options["num_cpus"] == 1
     user_config = gateway._deployment_config.user_config
     assert user_config == gateway_user_config(cfg)
     assert groups_from_user_config(user_config) == cfg.model_groups
-    settings, engines = gateway.init_args
+    assert user_config["engines"] == {"llama-3-1-8b-awq": "serving-engine-llama-3-1-8b-awq"}
+    (settings,) = gateway.init_args  # engines are not bound: they are other apps, named in user_config
     assert settings["request_timeout_s"] == cfg.gateway.request_timeout_s
-    assert list(engines) == list(cfg.engines)
-    assert engines["llama-3-1-8b-awq"]._bound_deployment.name == "engine-llama-3-1-8b-awq"
+    engine = cfg.engines["llama-3-1-8b-awq"]
+    app = engine_builder({"name": "llama-3-1-8b-awq", "engine": engine.model_dump(mode="json")})
+    assert app._bound_deployment.name == "engine-llama-3-1-8b-awq"
