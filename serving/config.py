@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.rollout_config import RolloutConfig
 from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
 _PATH_PREFIX = re.compile(r"^[a-z_]+(\.\S+)+: ")
@@ -199,6 +200,9 @@ class PlatformConfig(_Strict):
         default_factory=dict, description="Model names with a quality-gated tier chain (see docs/routing.md)."
     )
     tenants: dict[str, TenantConfig] = Field(default_factory=dict, description="Per-tenant route choices.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="Model groups whose versions come from the MLflow registry."
+    )
 
     @field_validator("engines", "model_groups", "providers", "tiers", "routes", "tenants")
     @classmethod
@@ -218,6 +222,12 @@ class PlatformConfig(_Strict):
                         f"(defined: {', '.join(sorted(self.engines))})"
                     )
         self._check_routing()
+        for group in self.rollout.models:
+            if group not in self.model_groups:
+                raise ValueError(
+                    f"rollout.models.{group}: unknown model group {group!r} "
+                    f"(defined: {', '.join(sorted(self.model_groups))})"
+                )
         return self
 
     def _check_routing(self) -> None:
