@@ -105,11 +105,26 @@ class GroupMember(_Strict):
     weight: float = Field(1.0, ge=0.0)
 
 
+class ShadowConfig(_Strict):
+    """Mirror a share of a group's requests to an engine that is not in traffic; its answers are discarded."""
+
+    engine: str
+    percent: float = Field(100.0, gt=0, le=100, description="Share of the group's requests mirrored.")
+
+
 class ModelGroupConfig(_Strict):
     """The model name clients send, mapped to one or more engine deployments (versions)."""
 
     engines: list[GroupMember] = Field(min_length=1)
     description: str = ""
+    sticky: bool = Field(
+        False,
+        description=(
+            "Pick the engine from a hash of the caller (the request's `user`, x-serving-user, or the API key), so "
+            "a caller stays on one version while the weights move one way (the first engine's share grows)."
+        ),
+    )
+    shadow: ShadowConfig | None = Field(None, description="Mirror traffic to an engine (blue-green warm-up).")
 
     @field_validator("engines", mode="before")
     @classmethod
@@ -221,6 +236,11 @@ class PlatformConfig(_Strict):
                         f"model_groups.{group_name}.engines.{i}.engine: unknown engine {member.engine!r} "
                         f"(defined: {', '.join(sorted(self.engines))})"
                     )
+            if group.shadow is not None and group.shadow.engine not in self.engines:
+                raise ValueError(
+                    f"model_groups.{group_name}.shadow.engine: unknown engine {group.shadow.engine!r} "
+                    f"(defined: {', '.join(sorted(self.engines))})"
+                )
         self._check_routing()
         for group in self.rollout.models:
             if group not in self.model_groups:

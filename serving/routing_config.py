@@ -312,6 +312,9 @@ class RequestOverrides(_Strict):
     self_correct: bool | None = None
     on_exhausted: Literal["best_effort", "error"] | None = None
     deadline_s: float | None = Field(None, gt=0)
+    engine: str | None = Field(
+        None, description="Model groups only: send the request to this engine of the group (evaluating a version)."
+    )
 
     def apply(self, route: RouteConfig) -> RouteConfig:
         """The route with these overrides applied (validated like the config)."""

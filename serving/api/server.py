@@ -7,6 +7,7 @@ Serve ingress deployment (engines are DeploymentHandles) and in unit tests (engi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from serving.config import GatewayConfig
 from serving.engines.base import Engine, EngineFailed, EngineTimeout, EngineUnavailable
 from serving.observability.metrics import GatewayMetrics
 from serving.routing.cascade import Cascade
-from serving.routing.groups import GroupRouter, UnknownModel
+from serving.routing.groups import CALLER_KEY, GroupRouter, UnknownEngine, UnknownModel
 from serving.routing.health import EngineHealth
 from serving.routing.routes import RouteTable, UnknownRoute
 from serving.routing.tiers import CloudFactory, TierSet, default_cloud_factory
@@ -77,6 +78,21 @@ class RequestIdMiddleware:
 _CLIENT_GONE = object()
 
 
+def caller_key(request: Request | None, engine_request: Any) -> str | None:
+    """Who is calling, for sticky version picks: the request's OpenAI `user` field, else the x-serving-user header,
+    else a hash of the API key (Authorization); None for anonymous callers (they get a weighted random pick)."""
+    user = getattr(engine_request, "user", None)
+    if user:
+        return f"user:{user}"
+    if request is None:
+        return None
+    if header := request.headers.get("x-serving-user"):
+        return f"user:{header}"
+    if auth := request.headers.get("authorization"):
+        return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:24]
+    return None
+
+
 def _is_error(item: Any) -> bool:
     return not isinstance(item, str) and hasattr(item, "error") and not hasattr(item, "choices")
 
@@ -94,6 +110,7 @@ class Gateway:
         self.tiers = TierSet(router, self.health, cloud_factory or default_cloud_factory)
         self.routes = RouteTable()
         self.routed = RoutedHandler(Cascade(self.tiers, metrics), metrics)
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
                        routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig]) -> None:
@@ -105,12 +122,21 @@ class Gateway:
         start = time.perf_counter()
         try:
             parsed = parse(await self._read_body(request))
+            CALLER_KEY.set(caller_key(request, parsed.request))
             tenant = request.headers.get(self.settings.tenant_header) if request is not None else None
             route = self.routes.resolve(parsed.model, tenant, parsed.overrides.route if parsed.overrides else None)
             if route is not None:
+                if parsed.overrides and parsed.overrides.engine:
+                    raise APIError(400, "serving.engine applies to model groups, not to routes.",
+                                   param="serving.engine")
                 return await self.routed.handle(request, endpoint, parsed, route, self.routes.tenant_label(tenant),
                                                 start)
-            group, engine = self.router.route(parsed.model)
+            pin = parsed.overrides.engine if parsed.overrides else None
+            group, engine = self.router.route(parsed.model, pin=pin)
+        except UnknownEngine as exc:
+            self._record(parsed.model, "", endpoint, 400, start)
+            raise APIError(400, f"The model group `{parsed.model}` has no engine `{exc.args[0]}`.",
+                           param="serving.engine", code="engine_not_found") from None
         except UnknownRoute as exc:
             self._record("unknown", "", endpoint, 404, start)
             raise APIError(404, f"The route `{exc.args[0]}` does not exist.", param="serving.route",
@@ -124,11 +150,14 @@ class Gateway:
         except APIError as exc:
             self._record("unknown", "", endpoint, exc.status, start)
             raise
-        engine = self.health.choose(group, engine)
+        engine = self.health.choose(group, engine) if not pin else (None if engine.name in self.health.down else engine)
         if engine is None:
             self._record(group.name, "", endpoint, 503, start)
             raise APIError(503, f"no engine of model group {group.name} is available now; retry later",
                            code="engine_unavailable", headers={"retry-after": "2"})
+        mirror = group.mirror() if not pin else None
+        if mirror is not None and mirror is not engine and mirror.name not in self.health.down:
+            self._mirror(mirror, group.name, endpoint, parsed.request)
         parsed.request.model = engine.name
         in_flight = self.metrics.in_flight.labels(group.name)
         in_flight.inc()
@@ -162,6 +191,35 @@ class Gateway:
         stream = StreamRelay(gen, engine.name, on_finish)
         return RelayResponse(stream, stream.relay(first, parsed.client_usage), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **headers})
+
+    def _mirror(self, engine: Engine, group: str, endpoint: str, request: Any) -> None:
+        """Send a copy of the request to a shadow engine in the background; its answer is discarded, its status
+        and latency are recorded (serving_shadow_*), and nothing it does reaches the client."""
+        copy = request.model_copy(deep=True)
+        copy.model = engine.name
+        task = asyncio.get_running_loop().create_task(self._shadow_call(engine, group, endpoint, copy))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_call(self, engine: Engine, group: str, endpoint: str, request: Any) -> None:
+        start = time.perf_counter()
+
+        async def drain() -> str:
+            async for item in engine.generate(endpoint, request):  # type: ignore[arg-type]
+                if _is_error(item):
+                    return str(getattr(item, "code", None) or getattr(item, "status_code", None) or 500)
+            return "200"
+
+        try:
+            status = await asyncio.wait_for(drain(), self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            status = "504"
+        except EngineUnavailable:
+            status = "503"
+        except Exception:  # a failing shadow must never matter to anyone but its metrics
+            status = "502"
+        self.metrics.shadow_requests.labels(group, engine.name, status).inc()
+        self.metrics.shadow_latency.labels(group, engine.name).observe(time.perf_counter() - start)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -79,6 +79,15 @@ class GatewayMetrics:
         self.retries = Counter(
             "serving_tier_retries", "Retries of tier calls after transport faults.", ["tier", "reason"], registry=r,
         )
+        # Shadow traffic (a blue-green warm-up): mirrored copies whose answers are discarded.
+        self.shadow_requests = Counter(
+            "serving_shadow_requests", "Mirrored requests sent to a shadow engine, by status.",
+            ["model_group", "engine", "status_code"], registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "serving_shadow_request_duration_seconds", "Latency of mirrored requests at the shadow engine.",
+            ["model_group", "engine"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self._refresh: list[Any] = []
 
     def on_render(self, fn: Any) -> None:

@@ -1,9 +1,16 @@
-"""Model groups: the name a client sends, mapped to weighted engine deployments (versions)."""
+"""Model groups: the name a client sends, mapped to weighted engine deployments (versions).
+
+The traffic split of a rollout lives here: weights per engine, a sticky pick per caller (a hash of who is calling,
+so a user does not flip between versions), an engine pin for evaluations, and a shadow engine that receives a
+mirrored share of the requests.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from serving.config import ModelGroupConfig
@@ -14,6 +21,20 @@ class UnknownModel(LookupError):
     """The client named a model group that is not configured."""
 
 
+class UnknownEngine(LookupError):
+    """A request pinned an engine that is not in traffic in its model group."""
+
+
+CALLER_KEY: ContextVar[str | None] = ContextVar("serving_caller_key", default=None)
+"""Who is calling (set by the gateway per request): the key of sticky picks made anywhere on its behalf."""
+
+
+def sticky_point(group: str, key: str) -> float:
+    """A caller's fixed point in [0, 1) for a group (blake2b of group + key)."""
+    digest = hashlib.blake2b(f"{group}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 @dataclass(frozen=True)
 class ModelGroup:
     """A model group resolved to live engines, with cumulative weights for a weighted pick."""
@@ -21,6 +42,9 @@ class ModelGroup:
     name: str
     engines: tuple[Engine, ...]
     weights: tuple[float, ...]
+    sticky: bool = False
+    shadow: Engine | None = None
+    shadow_share: float = 0.0
     _cumulative: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -30,11 +54,32 @@ class ModelGroup:
             acc.append(total)
         object.__setattr__(self, "_cumulative", tuple(acc))
 
-    def pick(self) -> Engine:
-        """An engine chosen by weight (the only one, when the group has one)."""
+    def pick(self, key: str | None = None) -> Engine:
+        """An engine chosen by weight (the only one, when the group has one). With `sticky` and a caller `key`,
+        the choice is a fixed function of the key: engines own consecutive slices of [0, 1) in member order, so
+        when the first engine's share grows (a canary step) its callers stay and only new ones join."""
         if len(self.engines) == 1:
             return self.engines[0]
+        if self.sticky and key:
+            point = sticky_point(self.name, key) * self._cumulative[-1]
+            for engine, edge in zip(self.engines, self._cumulative, strict=True):
+                if point < edge:
+                    return engine
+            return self.engines[-1]
         return random.choices(self.engines, cum_weights=self._cumulative, k=1)[0]
+
+    def pinned(self, name: str) -> Engine:
+        """The engine `name` of this group (in traffic or the shadow), for evaluations of one version."""
+        for engine in (*self.engines, *((self.shadow,) if self.shadow else ())):
+            if engine.name == name:
+                return engine
+        raise UnknownEngine(name)
+
+    def mirror(self) -> Engine | None:
+        """The shadow engine if this request is to be mirrored to it, else None."""
+        if self.shadow is None or self.shadow_share <= 0:
+            return None
+        return self.shadow if random.random() < self.shadow_share else None
 
 
 class GroupRouter:
@@ -52,15 +97,24 @@ class GroupRouter:
         table = {}
         for name, group in groups.items():
             members = [m for m in group.engines if m.weight > 0]
-            missing = [m.engine for m in members if m.engine not in engines]
+            wanted = [m.engine for m in members] + ([group.shadow.engine] if group.shadow else [])
+            missing = [e for e in wanted if e not in engines]
             if missing:
                 raise ValueError(f"model group {name!r} names engines that are not deployed: {missing}")
-            table[name] = ModelGroup(name, tuple(engines[m.engine] for m in members), tuple(m.weight for m in members))
+            shadow = engines[group.shadow.engine] if group.shadow else None
+            table[name] = ModelGroup(
+                name, tuple(engines[m.engine] for m in members), tuple(m.weight for m in members),
+                sticky=group.sticky, shadow=shadow, shadow_share=group.shadow.percent / 100 if group.shadow else 0.0,
+            )
         self.engines, self.groups = engines, table
 
-    def route(self, model: str) -> tuple[ModelGroup, Engine]:
-        """The group a client named and the engine that serves this request."""
+    def group(self, model: str) -> ModelGroup:
         group = self.groups.get(model)
         if group is None:
             raise UnknownModel(model)
-        return group, group.pick()
+        return group
+
+    def route(self, model: str, key: str | None = None, pin: str | None = None) -> tuple[ModelGroup, Engine]:
+        """The group a client named and the engine that serves this request (`pin`: that engine of the group)."""
+        group = self.group(model)
+        return group, group.pinned(pin) if pin else group.pick(key if key is not None else CALLER_KEY.get())

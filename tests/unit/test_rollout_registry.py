@@ -103,7 +103,8 @@ def test_no_registry_uri_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_rollout_config_validation() -> None:
-    base = {"engines": {"a": {"model": "builtin:tiny-llama", "device": "cpu"}}, "model_groups": {"chat": {"engines": ["a"]}}}
+    base = {"engines": {"a": {"model": "builtin:tiny-llama", "device": "cpu"}},
+            "model_groups": {"chat": {"engines": ["a"]}}}
     cfg = parse_config({**base, "rollout": {"models": {"chat": {"strategy": {"steps": [10, 100]}}}}})
     assert cfg.rollout.registered_model("chat") == "chat"
     for rollout, message in [
