@@ -45,9 +45,9 @@ class EvalConfig(_Strict):
 
     enabled: bool = True
     tasks: str = Field(
-        "builtin:smoke", description="Eval set: builtin:<name> (models/evals/<name>.jsonl) or a JSONL path."
+        "builtin:cascade_tasks", description="Eval set: builtin:<name> (models/evals/<name>.jsonl) or a JSONL path."
     )
-    limit: int | None = Field(None, ge=1, description="Use the first N tasks only.")
+    limit: int | None = Field(24, ge=1, description="Use the first N tasks only (None: all).")
     min_accuracy: float = Field(0.0, ge=0, le=1, description="Tasks the challenger must get right (share).")
     max_drop: float | None = Field(
         None, ge=0, le=1, description="Largest allowed accuracy drop against the champion on the same tasks."

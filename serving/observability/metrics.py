@@ -79,6 +79,11 @@ class GatewayMetrics:
         self.retries = Counter(
             "serving_tier_retries", "Retries of tier calls after transport faults.", ["tier", "reason"], registry=r,
         )
+        # Per engine (= model version) outcomes of gated answers, for rollout analysis of a challenger.
+        self.engine_answers = Counter(
+            "serving_engine_answers", "Gated answers of a local engine: gate_pass, gate_fail, escalated.",
+            ["model_group", "engine", "outcome"], registry=r,
+        )
         # Shadow traffic (a blue-green warm-up): mirrored copies whose answers are discarded.
         self.shadow_requests = Counter(
             "serving_shadow_requests", "Mirrored requests sent to a shadow engine, by status.",

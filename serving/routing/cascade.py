@@ -304,6 +304,7 @@ class Cascade:
                               judge=lambda t, p, m: self._judge(outcome, deadline, t, p, m))
             req = self._prepare(tier, endpoint, request, step_gates)
             reason = ""
+            last_local: tuple[str, str] | None = None  # (group, engine) whose answer this tier gated last
             for kind in ("answer", "self_correction"):
                 attempt = Attempt(tier.name, kind, "accepted")
                 outcome.attempts.append(attempt)
@@ -328,6 +329,10 @@ class Cascade:
                 for g in attempt.gates:
                     self.metrics.gate_results.labels(route.name, tier.name, g.gate, g.label).inc()
                 failed = [g for g in attempt.gates if not g.passed]
+                group = tier.config.model_group
+                if group is not None and attempt.gates:  # per engine (= model version), for rollout analysis
+                    last_local = (group, engine.name)
+                    self.metrics.engine_answers.labels(group, engine.name, "gate_fail" if failed else "gate_pass").inc()
                 if not failed:
                     self._count(outcome, attempt)
                     outcome.answer, outcome.tier, outcome.model = answer, tier.name, attempt.model
@@ -343,6 +348,8 @@ class Cascade:
                 break
             to = steps[i + 1].tier if i + 1 < len(steps) else "none"
             self.metrics.escalations.labels(route.name, tier.name, to, reason or "unknown").inc()
+            if last_local is not None:  # this version's answer failed its gates and the request moved on
+                self.metrics.engine_answers.labels(*last_local, "escalated").inc()
         return self._exhausted(outcome, cfg, best, last_exc=last_exc)
 
     def _count(self, outcome: Outcome, attempt: Attempt) -> None:

@@ -45,6 +45,7 @@ class ModelGroup:
     sticky: bool = False
     shadow: Engine | None = None
     shadow_share: float = 0.0
+    standby: tuple[Engine, ...] = ()  # members at weight 0: no traffic, reachable by a pin (a challenger's eval)
     _cumulative: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,7 +71,7 @@ class ModelGroup:
 
     def pinned(self, name: str) -> Engine:
         """The engine `name` of this group (in traffic or the shadow), for evaluations of one version."""
-        for engine in (*self.engines, *((self.shadow,) if self.shadow else ())):
+        for engine in (*self.engines, *self.standby, *((self.shadow,) if self.shadow else ())):
             if engine.name == name:
                 return engine
         raise UnknownEngine(name)
@@ -97,7 +98,8 @@ class GroupRouter:
         table = {}
         for name, group in groups.items():
             members = [m for m in group.engines if m.weight > 0]
-            wanted = [m.engine for m in members] + ([group.shadow.engine] if group.shadow else [])
+            standby = [m.engine for m in group.engines if m.weight <= 0]
+            wanted = [m.engine for m in group.engines] + ([group.shadow.engine] if group.shadow else [])
             missing = [e for e in wanted if e not in engines]
             if missing:
                 raise ValueError(f"model group {name!r} names engines that are not deployed: {missing}")
@@ -105,6 +107,7 @@ class GroupRouter:
             table[name] = ModelGroup(
                 name, tuple(engines[m.engine] for m in members), tuple(m.weight for m in members),
                 sticky=group.sticky, shadow=shadow, shadow_share=group.shadow.percent / 100 if group.shadow else 0.0,
+                standby=tuple(engines[e] for e in standby),
             )
         self.engines, self.groups = engines, table
 
