@@ -386,6 +386,102 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout_controller(args: argparse.Namespace) -> int:
+    """Run the rollout controller until SIGTERM/Ctrl-C (a Deployment in the chart; a process locally)."""
+    import logging
+    import signal
+    import threading
+
+    from serving.rollout import plan
+    from serving.rollout.analysis import GatewayScrape, PrometheusAPI
+    from serving.rollout.appliers import Applier, KubernetesApplier, LocalServeApplier
+    from serving.rollout.controller import RolloutController
+    from serving.rollout.registry import Registry, RegistryError
+    from serving.rollout.server import ControllerServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rayservice = args.rayservice or os.environ.get("SERVING_RAYSERVICE")
+    applier: Applier
+    if rayservice:
+        namespace = args.namespace or os.environ.get("SERVING_NAMESPACE") or "default"
+        applier = KubernetesApplier(rayservice, namespace)
+        where = f"RayService {namespace}/{rayservice}"
+    else:
+        import ray
+
+        ray.init(address=args.ray_address, logging_level="ERROR", log_to_driver=False)
+        applier = LocalServeApplier()
+        where = f"the Ray cluster at {args.ray_address}"
+    platform = plan.base_platform(applier.read())
+    rollout = platform.rollout
+    try:
+        registry = Registry(args.registry or rollout.registry_uri)
+    except RegistryError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    gw = platform.gateway
+    host = "127.0.0.1" if gw.host in ("0.0.0.0", "::") else gw.host
+    gateway_url = (args.gateway_url or rollout.gateway_url or os.environ.get("SERVING_GATEWAY_URL")
+                   or f"http://{host}:{gw.port}{gw.route_prefix.rstrip('/')}")
+    metrics = PrometheusAPI(rollout.prometheus_url) if rollout.prometheus_url else GatewayScrape(gateway_url)
+    controller = RolloutController(registry, applier, metrics, gateway_url, drain_s=args.drain_s)
+    stop, wake = threading.Event(), threading.Event()
+    secret = os.environ.get(rollout.webhook_secret_env) if rollout.webhook_secret_env else None
+    if rollout.webhook_secret_env and not secret:
+        _say(f"warning: ${rollout.webhook_secret_env} is empty: the webhook is off (polling only)")
+    port = args.port or int(os.environ.get("SERVING_ROLLOUT_HEALTH_PORT") or rollout.webhook_port)
+    server = ControllerServer(port, secret=secret, wake=wake.set, health=controller.health).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: (stop.set(), wake.set()))
+    _say(f"rollout controller: {where}; registry {registry.uri}; gateway {gateway_url}; "
+         f"managed groups: {', '.join(rollout.models) or 'none'}; /healthz"
+         + (" and /webhook" if secret else "") + f" on :{server.port}; polling every {rollout.poll_interval_s:g} s")
+    try:
+        controller.run(stop, wake)
+    finally:
+        server.stop()
+    return 0
+
+
+def _challenger(args: argparse.Namespace) -> tuple[Any, Any]:
+    from serving.rollout.spec import CHALLENGER
+
+    registry = _registry(args)
+    v = registry.by_alias(args.model, CHALLENGER)
+    if v is None:
+        raise SystemExit(f"error: {args.model} has no {CHALLENGER} version: nothing is rolling out")
+    return registry, v
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    """The rollout state of each model's challenger (and its recent history), from the registry's tags."""
+    registry = _registry(args)
+    names = [args.model] if args.model else registry.models()
+    for name in names:
+        aliases = registry.aliases(name)
+        print(f"{name}: " + (", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "no aliases"))
+        for v in registry.versions(name)[-args.history:]:
+            t = v.rollout_tags
+            if not t:
+                continue
+            share = f" {float(t['share']):g}%" if t.get("state") == "canary" and t.get("share") else ""
+            step = f" step {t.get('step')}{share}" if t.get("state") == "canary" else ""
+            paused = "  PAUSED" if t.get("paused") == "true" else ""
+            print(f"  v{v.version}: {t.get('state', '-')}{step}{paused}"
+                  + (f"  -- {t['reason']}" if t.get("reason") else ""))
+    return 0
+
+
+def cmd_rollout_command(args: argparse.Namespace) -> int:
+    """pause | resume | promote | abort the rollout of a model's challenger (tags the controller acts on)."""
+    registry, v = _challenger(args)
+    tags = {"pause": {"paused": "true"}, "resume": {"paused": "false"},
+            "promote": {"command": "promote", "paused": "false"}, "abort": {"command": "abort"}}[args.action]
+    registry.set_rollout_tags(v.model, v.version, tags)
+    print(f"{v.model} v{v.version}: {args.action} requested (state {v.rollout_tags.get('state', 'not started')}); "
+          "the controller applies it on its next pass")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="serving", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -447,6 +543,34 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--registry")
     lst.add_argument("--config")
     lst.set_defaults(func=cmd_models_list)
+
+    rc = sub.add_parser("rollout-controller", help="run the rollout controller (registry -> canary/blue-green)")
+    rc.add_argument("--rayservice", help="drive this KubeRay RayService (default: $SERVING_RAYSERVICE); else "
+                                         "the local Ray cluster")
+    rc.add_argument("--namespace", help="the RayService's namespace (default: $SERVING_NAMESPACE)")
+    rc.add_argument("--ray-address", default="auto", help="local mode: the Ray cluster (default: auto)")
+    rc.add_argument("--registry", help="MLflow URI (default: rollout.registry_uri, $MLFLOW_TRACKING_URI)")
+    rc.add_argument("--gateway-url", help="gateway base URL for evals and metrics")
+    rc.add_argument("--port", type=int, help="/healthz + /webhook port (default: rollout.webhook_port)")
+    rc.add_argument("--drain-s", type=float, default=10.0, help="wait before removing an engine out of traffic")
+    rc.set_defaults(func=cmd_rollout_controller)
+
+    ro = sub.add_parser("rollout", help="rollout state and manual control").add_subparsers(
+        dest="rollout_cmd", required=True)
+    rst = ro.add_parser("status", help="each model's aliases and its versions' rollout state")
+    rst.add_argument("model", nargs="?")
+    rst.add_argument("--history", type=int, default=5, help="versions to show per model")
+    rst.add_argument("--registry")
+    rst.add_argument("--config")
+    rst.set_defaults(func=cmd_rollout_status)
+    for action, help_ in (("pause", "hold the rollout at its current step"), ("resume", "continue a paused rollout"),
+                          ("promote", "send all traffic to the challenger now and promote it"),
+                          ("abort", "roll back: traffic to the champion, challenger removed")):
+        cmd = ro.add_parser(action, help=help_)
+        cmd.add_argument("model", help="registered model")
+        cmd.add_argument("--registry")
+        cmd.add_argument("--config")
+        cmd.set_defaults(func=cmd_rollout_command, action=action)
     return p
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,17 +74,30 @@ class RolloutController:
         self.evaluator = evaluator
         self.windows: dict[str, Window] = {}
         self.events: list[Event] = []
+        self.last_tick: float | None = None
+        self.last_error: str | None = None
 
     # ---- loop ------------------------------------------------------------------------------------------------
-    def run(self, stop: Callable[[], bool], interval_s: float | None = None) -> None:
-        while not stop():
+    def run(self, stop: threading.Event, wake: threading.Event | None = None, interval_s: float | None = None) -> None:
+        """Tick every poll interval until `stop` is set; `wake` (a webhook delivery) triggers a tick at once."""
+        wake = wake or threading.Event()
+        while not stop.is_set():
             started = self.clock()
             try:
                 self.tick()
-            except Exception:  # keep running: the next tick re-reads everything
+                self.last_error = None
+            except Exception as exc:  # keep running: the next tick re-reads everything
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("rollout tick failed")
+            self.last_tick = self.clock()
             interval = interval_s or self.poll_interval()
-            time.sleep(max(0.2, interval - (self.clock() - started)))
+            wake.wait(max(0.2, interval - (self.clock() - started)))
+            wake.clear()
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: when the last tick ran, and its error if it failed."""
+        return {"status": "ok" if self.last_error is None else "degraded", "last_tick": self.last_tick,
+                "last_error": self.last_error, "events": len(self.events)}
 
     def poll_interval(self) -> float:
         try:
