@@ -69,7 +69,7 @@ class EngineConfig(_Strict):
     enable_prefix_caching: bool | None = Field(None, description="Default: on for GPU, off for CPU.")
     gpu: GPUSpec = Field(default_factory=GPUSpec)
     replicas: ReplicaSpec = Field(default_factory=ReplicaSpec)
-    kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: VLLM_CPU_KVCACHE_SPACE in GiB.")
+    kv_cache_gib: int = Field(1, ge=1, description="CPU only: VLLM_CPU_KVCACHE_SPACE in whole GiB (vLLM reads an int).")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine arguments; they override the generated ones."
     )

@@ -53,8 +53,11 @@ def app_statuses() -> dict[str, tuple[str, dict[str, str]]]:
     """application -> (status, {deployment: status}) of every running Serve application."""
     from ray import serve
 
+    def value(x: Any) -> str:
+        return str(getattr(x, "value", x))
+
     status = serve.status()
     return {
-        name: (str(app.status), {d: str(info.status) for d, info in app.deployments.items()})
+        name: (value(app.status), {d: value(info.status) for d, info in app.deployments.items()})
         for name, app in status.applications.items()
     }

@@ -319,8 +319,12 @@ class Gateway:
         return None
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
+        """Ready when every model group can answer: each has a ready engine in traffic. Engines out of traffic (a
+        challenger still loading, a shadow) are listed but do not make the gateway unready."""
         states = await self.health.probe_all()
-        return all(s == "ready" for s in states.values()), states
+        groups = self.router.groups.values()
+        ok = all(any(states.get(e.name) == "ready" for e in g.engines) for g in groups) if groups else False
+        return ok, states
 
 
 def build_api(

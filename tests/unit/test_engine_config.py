@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from ray.serve.llm import LLMConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -88,9 +89,15 @@ def test_local_yaml_cpu_engine():
     assert engine_cfg.get_initialization_kwargs()["served_model_name"] == [name]
 
 
+def test_fractional_kv_cache_is_rejected_at_load():
+    # vLLM's CPU backend parses VLLM_CPU_KVCACHE_SPACE as an int: 0.5 would only fail when the engine starts
+    with pytest.raises(ValidationError, match="kv_cache_gib"):
+        cpu_engine(kv_cache_gib=0.5)
+
+
 def test_cpu_kv_cache_env_and_overrides():
-    d, _ = llm_config("e", cpu_engine(kv_cache_gib=2.5, enable_prefix_caching=True, env={"OMP_NUM_THREADS": "2"}))
-    assert d["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "2.5", "OMP_NUM_THREADS": "2"}
+    d, _ = llm_config("e", cpu_engine(kv_cache_gib=3, enable_prefix_caching=True, env={"OMP_NUM_THREADS": "2"}))
+    assert d["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "3", "OMP_NUM_THREADS": "2"}
     assert d["engine_kwargs"]["enable_prefix_caching"] is True
     d, _ = llm_config("e", cpu_engine(env={"VLLM_CPU_KVCACHE_SPACE": "4"}))
     assert d["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "4"  # the user's env wins

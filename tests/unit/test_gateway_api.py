@@ -670,13 +670,23 @@ async def test_ready_reports_each_engine(make_gateway):
     assert resp.status_code == 200
     assert resp.json()["engines"] == {"a": "ready", "b": "ready"}
 
-    b.healthy = False
+    b.healthy = False  # the group still answers through a: ready, with b reported
     resp = await gw.http.get("/ready")
-    assert resp.status_code == 503
+    assert resp.status_code == 200
     engines = resp.json()["engines"]
     assert engines["a"] == "ready"
     assert engines["b"] != "ready" and "not ready" in engines["b"]
+    a.healthy = False  # nothing in the group can answer
+    resp = await gw.http.get("/ready")
+    assert resp.status_code == 503 and resp.json()["status"] == "not ready"
     assert (await gw.http.get("/health")).status_code == 200  # liveness is not readiness
+
+
+async def test_engine_out_of_traffic_does_not_make_the_gateway_unready(make_gateway):
+    champion, challenger = FakeEngine("v1"), FakeEngine("v2", healthy=False)  # a canary still loading
+    gw = make_gateway(champion, challenger, groups={GROUP: group("v1", {"engine": "v2", "weight": 0})})
+    resp = await gw.http.get("/ready")
+    assert resp.status_code == 200 and resp.json()["engines"]["v2"].startswith("not ready")
 
 
 # -- metrics ------------------------------------------------------------------------------------------------
