@@ -182,7 +182,9 @@ def judge(challenger: EngineStats, champion: EngineStats | None, cfg: AnalysisCo
     if er is not None and challenger.errors > cfg.max_error_rate * max(challenger.requests, cfg.min_requests):
         reasons.append(f"error rate {er:.1%} > {cfg.max_error_rate:.1%} ({challenger.errors:g} of "
                        f"{challenger.requests:g} requests)")
-    enough = challenger.requests >= cfg.min_requests
+    gated = challenger.gate_pass + challenger.gate_fail
+    # a version serves model-group requests (counted in requests) and route tiers (counted as gated answers)
+    enough = max(challenger.requests, gated) >= cfg.min_requests
     p95 = figures["ttft_p95_s"]
     if challenger.ttft_samples >= cfg.min_ttft_samples and p95 is not None:
         if cfg.max_ttft_p95_s is not None and p95 > cfg.max_ttft_p95_s:
@@ -191,8 +193,7 @@ def judge(challenger: EngineStats, champion: EngineStats | None, cfg: AnalysisCo
         if (cfg.max_ttft_p95_ratio is not None and base and champion is not None
                 and champion.ttft_samples >= cfg.min_ttft_samples and p95 > base * cfg.max_ttft_p95_ratio):
             reasons.append(f"TTFT p95 {p95:.3f} s > {cfg.max_ttft_p95_ratio:g} x champion's {base:.3f} s")
-    gated = challenger.gate_pass + challenger.gate_fail
-    if enough and gated >= cfg.min_requests:
+    if gated >= cfg.min_requests:
         gpr, esc = challenger.gate_pass_rate, challenger.escalation_rate
         if cfg.min_gate_pass_rate is not None and gpr is not None and gpr < cfg.min_gate_pass_rate:
             reasons.append(f"quality-gate pass rate {gpr:.1%} < {cfg.min_gate_pass_rate:.1%}")

@@ -75,6 +75,7 @@ class RolloutController:
         self.windows: dict[str, Window] = {}
         self.events: list[Event] = []
         self.last_tick: float | None = None
+        self._last_status: dict[str, str] = {}
         self.last_error: str | None = None
 
     # ---- loop ------------------------------------------------------------------------------------------------
@@ -168,6 +169,9 @@ class RolloutController:
         name = tags["engine"]
         app = engine_app_name(plan.app_name(self.applier.read()), name)
         status = self.applier.app_statuses().get(app, "NOT_STARTED")
+        if self._last_status.get(app) != status:
+            self._last_status[app] = status
+            logger.info("%s v%s: engine app %s is %s", model, v.version, app, status)
         if status == "RUNNING":
             if policy.eval.enabled:
                 self._tag(model, v, state="evaluating", state_since=self.clock())

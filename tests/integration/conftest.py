@@ -167,7 +167,8 @@ def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
 
 def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int) -> None:
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
-    ray: dict[str, Any] = {"num_cpus": 4, "app_name": APP, "metrics_export_port": metrics_port,
+    # 8 logical CPUs (on a 2-core box): two engines, the gateway and a rollout's challenger engine all fit
+    ray: dict[str, Any] = {"num_cpus": 8, "app_name": APP, "metrics_export_port": metrics_port,
                            "env": {CLOUD_KEY_ENV: CLOUD_KEY}}
     if os.environ.get(INGRESS_ENV):
         ray["serve_ingress"] = os.environ[INGRESS_ENV]
@@ -184,8 +185,24 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
             SMOL_GROUP: {"engines": [SMOL_ENGINE]},
         },
         **_routing(cloud_port, dead_port),
+        "rollout": _rollout(path.parent),
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _rollout(tmp: Path) -> dict[str, Any]:
+    """Both groups follow a registered model (test_zz_rollouts.py): short steps so a rollout takes ~2 minutes."""
+    fast_eval = {"limit": 4, "max_tokens": 16}
+    return {
+        "registry_uri": f"sqlite:///{tmp}/mlflow.db",
+        "poll_interval_s": 1,
+        "models": {
+            TINY_GROUP: {"strategy": {"steps": [50, 100], "step_hold_s": 4, "ready_timeout_s": 420},
+                         "analysis": {"min_requests": 6, "min_ttft_samples": 3}, "eval": fast_eval},
+            SMOL_GROUP: {"strategy": {"steps": [50, 100], "step_hold_s": 60, "ready_timeout_s": 420},
+                         "analysis": {"min_requests": 6, "min_gate_pass_rate": 0.5}, "eval": fast_eval},
+        },
+    }
 
 
 def _serving_down(env: dict[str, str], log: Path) -> None:
