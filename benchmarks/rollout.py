@@ -96,7 +96,7 @@ def platform(tmp: Path, gw_port: int, standin_port: int, args: argparse.Namespac
             "poll_interval_s": 1,
             "models": {
                 TINY_GROUP: {"strategy": {"steps": [5, 25, 50, 100], **strategy},
-                             "analysis": {"min_requests": args.min_requests, "min_ttft_samples": 5},
+                             "analysis": {"min_requests": args.min_requests, "min_ttft_samples": 40},
                              "eval": {"limit": 8, "max_tokens": 16}},
                 SMOL_GROUP: {"strategy": {"steps": [25, 50, 100], **strategy},
                              "analysis": {"min_requests": args.min_requests, "min_gate_pass_rate": 0.8},

@@ -36,7 +36,9 @@ class AnalysisConfig(_Strict):
     max_escalation_rate: float | None = Field(
         None, ge=0, le=1, description="Share of the challenger's routed answers that escalated to the next tier."
     )
-    min_ttft_samples: int = Field(10, ge=1, description="Streamed requests needed to compare TTFT p95.")
+    min_ttft_samples: int = Field(
+        50, ge=1, description="Streamed requests needed on each side before TTFT p95 is judged (p95 of few is noise)."
+    )
     max_failures: int = Field(1, ge=1, description="Failed analyses before the rollout is rolled back.")
 
 

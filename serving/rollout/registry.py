@@ -40,14 +40,18 @@ class VersionInfo:
 
 
 def model_source_uri(spec: VersionSpec) -> str:
-    """The version's `source` in MLflow: where the weights are (referenced, not copied)."""
+    """The version's `source` in MLflow: where the weights are (referenced, not copied). Always `scheme:///path`
+    or a remote URI: an MLflow server refuses relative paths, and local `file://` sources without a run."""
     engine = spec.engine
     model = engine.model
     if model.startswith("hf:"):
         return f"hf://{model[3:]}" + (f"@{engine.revision}" if engine.revision else "")
-    if model.startswith(("builtin:", "catalog:")) or "://" in model:
+    if "://" in model:
         return model
-    return f"file://{os.path.abspath(model)}"
+    for scheme in ("builtin", "catalog"):
+        if model.startswith(f"{scheme}:"):
+            return f"{scheme}:///{model[len(scheme) + 1:]}"
+    return f"modeldir://{os.path.abspath(model)}"
 
 
 class Registry:

@@ -198,7 +198,8 @@ def _rollout(tmp: Path) -> dict[str, Any]:
         "poll_interval_s": 1,
         "models": {
             TINY_GROUP: {"strategy": {"steps": [50, 100], "step_hold_s": 4, "ready_timeout_s": 420},
-                         "analysis": {"min_requests": 6, "min_ttft_samples": 3}, "eval": fast_eval},
+                         # TTFT on a loaded 2-core box is noise: the promote path is judged on errors here
+                         "analysis": {"min_requests": 6, "max_ttft_p95_ratio": None}, "eval": fast_eval},
             SMOL_GROUP: {"strategy": {"steps": [50, 100], "step_hold_s": 60, "ready_timeout_s": 420},
                          "analysis": {"min_requests": 6, "min_gate_pass_rate": 0.5}, "eval": fast_eval},
         },

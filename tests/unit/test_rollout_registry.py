@@ -40,7 +40,7 @@ def test_register_versions_with_specs_and_aliases(registry: Registry) -> None:
     v2 = registry.register("chat", tiny(2, max_model_len=512))
     assert (v1.version, v2.version) == (1, 2)
     assert v1.spec == tiny(1) and v2.spec.engine.max_model_len == 512
-    assert v1.source == "builtin:tiny-llama?seed=1" and v1.description == "first"
+    assert v1.source == "builtin:///tiny-llama?seed=1" and v1.description == "first"
     assert v1.tags["serving.model"] == "builtin:tiny-llama?seed=1" and v1.tags["serving.device"] == "cpu"
     registry.set_alias("chat", CHAMPION, 1)
     registry.set_alias("chat", CHALLENGER, 2)
@@ -85,7 +85,9 @@ def test_source_uri_references_the_weights(tmp_path: Path) -> None:
     assert hf.display_tags()["serving.quantization"] == "awq_marlin" and hf.display_tags()["serving.gpus"] == "1"
     (tmp_path / "m").mkdir()
     local = parse_spec({"engine": {"model": str(tmp_path / "m"), "device": "cpu"}})
-    assert model_source_uri(local) == f"file://{tmp_path / 'm'}"
+    assert model_source_uri(local) == f"modeldir://{tmp_path / 'm'}"
+    catalog = parse_spec({"engine": {"model": "catalog:llama-3.1-8b-instruct-awq"}})
+    assert model_source_uri(catalog) == "catalog:///llama-3.1-8b-instruct-awq"
 
 
 def test_engine_names() -> None:
