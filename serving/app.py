@@ -103,7 +103,8 @@ def engine_builder(args: dict[str, Any]) -> Application:
     return build_engine_app(name, spec)
 
 
-def _deployment_options(engine: EngineConfig) -> dict[str, Any]:
+def engine_deployment_options(engine: EngineConfig) -> dict[str, Any]:
+    """Serve options of an engine's deployment: a fixed `num_replicas`, or `autoscaling_config` (min != max)."""
     r = engine.replicas
     if r.min == r.max:
         return {"num_replicas": r.min}
@@ -147,7 +148,7 @@ def serve_config(
             "route_prefix": None,
             "import_path": ENGINE_IMPORT_PATH,
             "args": {"name": name, "engine": engine.model_dump(mode="json", exclude_none=True)},
-            "deployments": [{"name": deployment_name(name), **_deployment_options(engine)}],
+            "deployments": [{"name": deployment_name(name), **engine_deployment_options(engine)}],
         }
         for name, engine in config.engines.items()
     ]

@@ -17,6 +17,7 @@ from serving.app import (
     GATEWAY_DEPLOYMENT,
     GATEWAY_IMPORT_PATH,
     engine_app_name,
+    engine_deployment_options,
     gateway_user_config,
 )
 from serving.config import EngineConfig, ModelGroupConfig, PlatformConfig, load_config, parse_config
@@ -88,14 +89,6 @@ def _with_state(cfg: ServeConfig, state: dict[str, Any]) -> ServeConfig:
     return out
 
 
-def _engine_options(engine: EngineConfig) -> dict[str, Any]:
-    r = engine.replicas
-    if r.min == r.max:
-        return {"num_replicas": r.min}
-    return {"autoscaling_config": {"min_replicas": r.min, "max_replicas": r.max,
-                                   "target_ongoing_requests": r.target_ongoing_requests}}
-
-
 def add_engine(cfg: ServeConfig, group: str, name: str, engine: EngineConfig) -> ServeConfig:
     """The engine's own Serve app, known to the gateway and listed in `group` at weight 0 (no traffic yet)."""
     from serving.engines.ray_llm import deployment_name
@@ -109,7 +102,7 @@ def add_engine(cfg: ServeConfig, group: str, name: str, engine: EngineConfig) ->
     out["applications"].append({
         "name": app, "route_prefix": None, "import_path": ENGINE_IMPORT_PATH,
         "args": {"name": name, "engine": engine.model_dump(mode="json", exclude_none=True)},
-        "deployments": [{"name": deployment_name(name), **_engine_options(engine)}],
+        "deployments": [{"name": deployment_name(name), **engine_deployment_options(engine)}],
     })
     state["engines"][name] = app
     g = state["model_groups"][group]
