@@ -293,6 +293,24 @@ def test_controller_can_be_disabled(helm: str) -> None:
     assert not [d for d in docs if d["metadata"]["name"].endswith("-controller")]
 
 
+def test_controller_webhook_is_off_by_default_and_wired_when_asked(helm: str) -> None:
+    def controller_parts(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        env = one(docs, "Deployment", "-controller")["spec"]["template"]["spec"]["containers"][0]["env"]
+        return env, one(docs, "NetworkPolicy", "-controller")["spec"], {
+            d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+
+    env, policy, services = controller_parts(render(helm))
+    assert not [e for e in env if "WEBHOOK" in e["name"]] and "ingress" not in policy  # deny all inbound
+    assert not [n for n in services if n.endswith("-controller")]
+    env, policy, services = controller_parts(render(helm, None, "--set", "controller.webhook.existingSecret=wh"))
+    [secret_env] = [e for e in env if e["name"] == "MLFLOW_WEBHOOK_SECRET"]
+    assert secret_env["valueFrom"]["secretKeyRef"] == {"name": "wh", "key": "webhook-secret"}
+    assert policy["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8081}]}]
+    [svc] = [d for n, d in services.items() if n.endswith("-controller")]
+    assert svc["spec"]["ports"][0]["port"] == 8081 and svc["spec"]["selector"]["app.kubernetes.io/component"] == \
+        "controller"
+
+
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_no_secret_rendered_by_default(helm: str, values: str | None) -> None:
     docs = render(helm, values)
