@@ -141,6 +141,7 @@ def platform_yaml(args: argparse.Namespace, strong_base_url: str, key_env: str) 
 version: 1
 ray: {{num_cpus: 4, metrics_export_port: {args.metrics_port}, app_name: cascade-bench}}
 gateway: {{host: 127.0.0.1, port: {args.port}, num_cpus: 0}}
+policies: {{auth: {{enabled: false}}}}
 engines:
   smollm2-135m:
     model: builtin:smollm2-135m-instruct

@@ -260,6 +260,7 @@ def platform_config(port: int, ingress: str) -> str:
 version: 1
 ray: {{num_cpus: 4, metrics_export_port: 8089, app_name: bench, serve_ingress: {ingress}}}
 gateway: {{host: 127.0.0.1, port: {port}, num_cpus: 0}}
+policies: {{auth: {{enabled: false}}}}
 engines:
   tiny:
     model: builtin:tiny-llama

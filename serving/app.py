@@ -30,7 +30,7 @@ def engine_app_name(app_name: str, engine: str) -> str:
 
 def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
     """The gateway's reconfigurable state: the engines it may call (engine -> Serve app), model groups (traffic
-    weights), providers, tiers, routes, tenants."""
+    weights), providers, tiers, routes, tenants and policies."""
 
     def dump(table: dict[str, Any]) -> dict[str, Any]:
         return {name: item.model_dump(mode="json", by_alias=True, exclude_none=True) for name, item in table.items()}
@@ -42,6 +42,7 @@ def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
         "tiers": dump(config.tiers),
         "routes": dump(config.routes),
         "tenants": dump(config.tenants),
+        "policies": config.policies.model_dump(mode="json", exclude_none=True),
     }
 
 

@@ -571,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--registry")
         cmd.add_argument("--config")
         cmd.set_defaults(func=cmd_rollout_command, action=action)
+
+    from serving.cli_admin import add_parsers
+
+    add_parsers(sub)
     return p
 
 

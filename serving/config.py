@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.policy_config import PoliciesConfig
 from serving.rollout_config import RolloutConfig
 from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
@@ -201,6 +202,9 @@ class RayConfig(_Strict):
         return env
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 class PlatformConfig(_Strict):
     """The whole platform: Ray, the gateway, engines, the model groups and the routes clients address."""
 
@@ -217,6 +221,9 @@ class PlatformConfig(_Strict):
     tenants: dict[str, TenantConfig] = Field(default_factory=dict, description="Per-tenant route choices.")
     rollout: RolloutConfig = Field(
         default_factory=RolloutConfig, description="Model groups whose versions come from the MLflow registry."
+    )
+    policies: PoliciesConfig = Field(
+        default_factory=PoliciesConfig, description="API keys, limits, budgets, cache, PII, audit (docs/policies.md)."
     )
 
     @field_validator("engines", "model_groups", "providers", "tiers", "routes", "tenants")
@@ -242,6 +249,7 @@ class PlatformConfig(_Strict):
                     f"(defined: {', '.join(sorted(self.engines))})"
                 )
         self._check_routing()
+        self._check_policies()
         for group in self.rollout.models:
             if group not in self.model_groups:
                 raise ValueError(
@@ -249,6 +257,17 @@ class PlatformConfig(_Strict):
                     f"(defined: {', '.join(sorted(self.model_groups))})"
                 )
         return self
+
+    def _check_policies(self) -> None:
+        if not self.policies.auth.enabled and self.gateway.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"policies.auth.enabled: API keys can be off only for a gateway on a loopback address "
+                f"({', '.join(LOOPBACK_HOSTS)}); gateway.host is {self.gateway.host!r}"
+            )
+        for name, tenant in self.tenants.items():
+            for model in tenant.models or ():
+                if model not in self.model_groups and model not in self.routes:
+                    raise ValueError(f"tenants.{name}.models: unknown model group or route {model!r}")
 
     def _check_routing(self) -> None:
         def unknown(path: str, kind: str, name: str, defined: dict[str, Any]) -> ValueError:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.policy_config import LimitsConfig, PIIPolicy
+
 GateKind = Literal["json", "rules", "refusal", "empty", "confidence", "judge"]
 GATE_KINDS: tuple[str, ...] = ("json", "rules", "refusal", "empty", "confidence", "judge")
 
@@ -281,6 +283,7 @@ class RouteConfig(_Strict):
     )
     deadline_s: float = Field(120.0, gt=0, description="Deadline of the whole request, across tiers and retries.")
     allow_overrides: bool = Field(True, description="Accept per-request `serving` overrides of gates and policy.")
+    pii: PIIPolicy = Field(default_factory=PIIPolicy, description="Personal data in prompts bound for cloud tiers.")
     description: str = ""
 
     @field_validator("tiers", mode="before")
@@ -296,10 +299,16 @@ class RouteConfig(_Strict):
 
 
 class TenantConfig(_Strict):
-    """Per-tenant routing: the model names this tenant sends, mapped to routes."""
+    """A team sharing the platform: its routes, allowed models, limits and audit choice. API keys map to tenants."""
 
     routes: dict[str, str] = Field(default_factory=dict, description="Model name -> route for this tenant.")
     default_route: str | None = Field(None, description="Route for any model name this tenant sends.")
+    models: list[str] | None = Field(
+        None, description="Model names (groups or routes) this tenant may use; default: all. Others get a 403."
+    )
+    limits: LimitsConfig | None = Field(None, description="Overrides of policies.limits for this tenant.")
+    audit_prompts: bool = Field(False, description="Put prompt text in this tenant's audit lines (opt-in).")
+    cache: bool = Field(True, description="Use the response cache (when policies.cache is on).")
 
 
 class RequestOverrides(_Strict):

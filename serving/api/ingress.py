@@ -13,6 +13,7 @@ from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.engines.ray_handle import RayLLMEngine
 from serving.engines.ray_llm import deployment_name
+from serving.policy_config import PoliciesConfig
 from serving.routing.groups import GroupRouter
 from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
@@ -66,6 +67,8 @@ class GatewayDeployment:
         self._engine_apps = apps
         providers, tiers, routes, tenants = routing_from_user_config(user_config)
         self._app.state.gateway.update_routing(providers, tiers, routes, tenants)
+        policies = PoliciesConfig.model_validate(user_config.get("policies") or {})
+        self._app.state.gateway.update_policies(policies, tenants)
         if routes:
             logger.info("gateway routes: %s", {n: [t.tier for t in r.tiers] for n, r in routes.items()})
         logger.info("gateway model groups: %s", {

@@ -122,15 +122,16 @@ class ParsedRequest:
     """A validated request: the model the client named, whether it streams, the engine request, and the
     `serving` extension field (route choice and gate overrides), if any."""
 
-    __slots__ = ("client_usage", "model", "overrides", "request", "stream")
+    __slots__ = ("body", "client_usage", "model", "overrides", "request", "stream")
 
     def __init__(self, model: str, stream: bool, client_usage: bool, request: Any,
-                 overrides: RequestOverrides | None = None):
+                 overrides: RequestOverrides | None = None, body: dict[str, Any] | None = None):
         self.model = model
         self.stream = stream
         self.client_usage = client_usage
         self.request = request
         self.overrides = overrides
+        self.body = body if body is not None else {}  # the JSON body as sent (without `serving`)
 
 
 def _pop_overrides(body: dict[str, Any]) -> RequestOverrides | None:
@@ -170,7 +171,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
     _check_messages(body)
     _check_chat_logprobs(body)
     stream, client_usage = _stream_flags(body)
-    return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body), overrides)
+    return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body), overrides, body)
 
 
 def parse_completion(raw: bytes) -> ParsedRequest:
@@ -185,4 +186,4 @@ def parse_completion(raw: bytes) -> ParsedRequest:
         raise APIError(400, "'prompt' must not be empty.", param="prompt")
     _check_int(body, "logprobs", 0, 20)
     stream, client_usage = _stream_flags(body)
-    return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body), overrides)
+    return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body), overrides, body)

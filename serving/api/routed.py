@@ -23,6 +23,9 @@ from serving.api.errors import APIError, from_engine_error
 from serving.api.protocol import ParsedRequest
 from serving.api.streaming import DONE, SSE_HEADERS, RelayResponse, StreamRelay, disconnected, sse
 from serving.observability.metrics import GatewayMetrics
+from serving.policy.layer import PolicyLayer, RequestContext
+from serving.policy.pii import PIIScanner
+from serving.policy_config import PIIPolicy
 from serving.routing.cascade import Cascade, CascadeError, Outcome, StreamStart
 from serving.routing.routes import Route
 
@@ -52,7 +55,7 @@ def _client_body(outcome: Outcome, parsed: ParsedRequest) -> dict[str, Any]:
     return body
 
 
-def _replay(body: dict[str, Any], endpoint: str, client_usage: bool) -> Iterator[str]:
+def replay(body: dict[str, Any], endpoint: str, client_usage: bool) -> Iterator[str]:
     """An accepted (buffered) answer as OpenAI stream chunks: role, content, finish, usage, [DONE]."""
     base = {"id": body.get("id"), "created": body.get("created", int(time.time())), "model": body.get("model")}
     serving = body.get("serving")
@@ -81,9 +84,45 @@ def _replay(body: dict[str, Any], endpoint: str, client_usage: bool) -> Iterator
 class RoutedHandler:
     """Serves requests whose model name resolves to a route."""
 
-    def __init__(self, cascade: Cascade, metrics: GatewayMetrics):
+    def __init__(self, cascade: Cascade, metrics: GatewayMetrics, policy: PolicyLayer):
         self.cascade = cascade
         self.metrics = metrics
+        self.policy = policy
+        self._scanners: dict[str, tuple[PIIPolicy, PIIScanner]] = {}
+
+    def _scanner(self, route: Route) -> PIIScanner:
+        policy = route.config.pii
+        held = self._scanners.get(route.name)
+        if held is None or held[0] != policy:
+            held = (policy, PIIScanner(policy.kinds, policy.phone_region))
+            self._scanners[route.name] = held
+        return held[1]
+
+    def _cloud_request(self, route: Route, endpoint: str, parsed: ParsedRequest, ctx: RequestContext) -> Any:
+        """The request as cloud tiers may see it: as sent, with its PII redacted, or None (blocked) when the
+        route's PII policy says so. Local tiers always get the request as sent."""
+        policy = route.config.pii
+        if policy.action == "allow" or all(self.cascade.tiers.tiers[t.tier].config.is_local
+                                           for t in route.config.tiers):
+            return parsed.request
+        redacted, counts = self._scanner(route).redact_request(endpoint, parsed.body)
+        if not counts:
+            return parsed.request
+        ctx.pii.update(counts)
+        action = "redacted" if policy.action == "redact" else "blocked"
+        for kind, n in counts.items():
+            self.metrics.pii.labels(route.name, "prompt", kind, action).inc(n)
+        if policy.action == "block":
+            return None
+        return type(parsed.request).model_validate(redacted)
+
+    def _scan_answer(self, route: Route, endpoint: str, body: dict[str, Any], ctx: RequestContext) -> None:
+        policy = route.config.pii
+        if policy.action == "allow" or not policy.scan_answers:
+            return
+        for kind, n in self._scanner(route).count_answer(endpoint, body).items():
+            self.metrics.pii.labels(route.name, "answer", kind, "counted").inc(n)
+            ctx.pii["answer_" + kind] += n
 
     async def _race(self, request: Request | None, work: Awaitable[T]) -> T | object:
         """Await `work`, cancelling it (engine calls abort) if the client disconnects first."""
@@ -120,23 +159,27 @@ class RoutedHandler:
                 m.tps.labels(route, model).observe((completion - 1) / (end - t_first))
 
     async def handle(self, request: Request | None, endpoint: str, parsed: ParsedRequest, route: Route,
-                     tenant: str, start: float) -> Response:
+                     tenant: str, start: float, ctx: RequestContext) -> Response:
+        ctx.details = {"route": route.name}
         try:
             cfg, gates = self.cascade.plan(route, parsed.overrides)
         except ValueError as exc:
             self._record(route.name, "", endpoint, 400, start)
             raise APIError(400, f"Invalid 'serving' overrides: {exc}", param="serving") from None
+        cloud = self._cloud_request(route, endpoint, parsed, ctx)
         in_flight = self.metrics.in_flight.labels(route.name)
         in_flight.inc()
         try:
             if gates or not parsed.stream:
-                work: Awaitable[Any] = self.cascade.run(route, cfg, gates, endpoint, parsed.request, tenant)
+                work: Awaitable[Any] = self.cascade.run(route, cfg, gates, endpoint, parsed.request, tenant,
+                                                        cloud_request=cloud)
             else:
-                work = self.cascade.open_stream(route, cfg, endpoint, parsed.request, tenant)
+                work = self.cascade.open_stream(route, cfg, endpoint, parsed.request, tenant, cloud_request=cloud)
             result = await self._race(request, work)
         except CascadeError as exc:
             in_flight.dec()
             err = to_api_error(exc)
+            ctx.details["attempts"] = _attempts([a.to_dict() for a in exc.attempts])
             self._record(route.name, "", endpoint, err.status, start)
             raise err from None
         except BaseException:
@@ -148,21 +191,37 @@ class RoutedHandler:
             self._record(route.name, "", endpoint, 499, start)
             return Response(status_code=499)
         if isinstance(result, StreamStart):
-            return self._relay(result, endpoint, parsed, start, in_flight)
+            return self._relay(result, endpoint, parsed, start, in_flight, ctx)
         outcome: Outcome = result  # type: ignore[assignment]
         in_flight.dec()
         body = _client_body(outcome, parsed)
         usage = body.get("usage")
         headers = outcome.headers()
+        self._account(ctx, outcome, usage)
+        self._scan_answer(route, endpoint, body, ctx)
+        text = _dumps(body)
+        if not outcome.flagged:
+            self.policy.cache_put(ctx, text)
+        if ctx.cache != "off":
+            headers["x-serving-cache"] = ctx.cache
         if not parsed.stream:
             self._record(route.name, outcome.model or "", endpoint, 200, start, usage)
-            return Response(_dumps(body), media_type="application/json", headers=headers)
-        self._record(route.name, outcome.model or "", endpoint, 200, start, usage, t_first=time.perf_counter())
-        return StreamingResponse(_replay(body, endpoint, parsed.client_usage), media_type="text/event-stream",
+            return Response(text, media_type="application/json", headers=headers)
+        ctx.t_first = time.perf_counter()
+        self._record(route.name, outcome.model or "", endpoint, 200, start, usage, t_first=ctx.t_first)
+        return StreamingResponse(replay(body, endpoint, parsed.client_usage), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
 
+    @staticmethod
+    def _account(ctx: RequestContext, outcome: Outcome, usage: dict[str, Any] | None) -> None:
+        """What the policy layer settles and audits: usage, cost, the tiers tried, the version that answered."""
+        ctx.usage, ctx.cost_usd = usage, outcome.cost_usd
+        ctx.details.update(tier=outcome.tier, flagged=outcome.flagged,
+                           attempts=_attempts([a.to_dict() for a in outcome.attempts]),
+                           versions=[outcome.model] if outcome.model else [])
+
     def _relay(self, st: StreamStart, endpoint: str, parsed: ParsedRequest, start: float,
-               in_flight: Any) -> Response:
+               in_flight: Any, ctx: RequestContext) -> Response:
         outcome = st.outcome
         charged = False
 
@@ -177,10 +236,26 @@ class RoutedHandler:
             if not charged:
                 self.cascade.finish_stream(st, usage)
             self._record(outcome.route, outcome.model or "", endpoint, status, start, usage, t_first)
+            self._account(ctx, outcome, usage)
+            ctx.t_first = t_first
+            self.policy.complete(ctx, status, error=None if status == 200 else "stream_ended")
 
-        relay = StreamRelay(st.gen, outcome.model or "", on_finish, usage_chunk=add_extension)
+        ctx.deferred = True
+        meter = self.policy.meter(ctx, st.tier.cost(0, 1))
+        relay = StreamRelay(st.gen, outcome.model or "", on_finish, usage_chunk=add_extension, meter=meter)
         return RelayResponse(relay, relay.relay(st.first, parsed.client_usage), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **outcome.headers(with_cost=False)})
+
+
+def _attempts(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Attempts for the audit line: tier, kind, outcome, model, gate verdicts (no reasons, no text)."""
+    out = []
+    for a in attempts:
+        item = {k: a[k] for k in ("tier", "kind", "outcome", "model", "cost_usd", "latency_ms") if k in a}
+        if a.get("gates"):
+            item["gates"] = {g["gate"]: g["result"] for g in a["gates"]}
+        out.append(item)
+    return out
 
 
 def _dumps(body: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -15,16 +16,19 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.api.admin import admin_router
 from serving.api.errors import APIError, from_engine_error, install_error_handlers
 from serving.api.protocol import ParsedRequest, parse_chat, parse_completion
-from serving.api.routed import RoutedHandler
+from serving.api.routed import RoutedHandler, replay
 from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, disconnected
 from serving.config import GatewayConfig
 from serving.engines.base import Engine, EngineFailed, EngineTimeout, EngineUnavailable
 from serving.observability.metrics import GatewayMetrics
+from serving.policy.layer import PolicyError, PolicyLayer, RequestContext
+from serving.policy_config import PoliciesConfig
 from serving.routing.cascade import Cascade
 from serving.routing.groups import CALLER_KEY, GroupRouter, UnknownEngine, UnknownModel
 from serving.routing.health import EngineHealth
@@ -78,9 +82,10 @@ class RequestIdMiddleware:
 _CLIENT_GONE = object()
 
 
-def caller_key(request: Request | None, engine_request: Any) -> str | None:
+def caller_key(request: Request | None, engine_request: Any, key_id: str | None = None) -> str | None:
     """Who is calling, for sticky version picks: the request's OpenAI `user` field, else the x-serving-user header,
-    else a hash of the API key (Authorization); None for anonymous callers (they get a weighted random pick)."""
+    else the API key (its id, or a hash of the Authorization header); None for anonymous callers (they get a
+    weighted random pick)."""
     user = getattr(engine_request, "user", None)
     if user:
         return f"user:{user}"
@@ -88,9 +93,30 @@ def caller_key(request: Request | None, engine_request: Any) -> str | None:
         return None
     if header := request.headers.get("x-serving-user"):
         return f"user:{header}"
+    if key_id:
+        return f"key:{key_id}"
     if auth := request.headers.get("authorization"):
         return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:24]
     return None
+
+
+def _request_id(request: Request) -> str | None:
+    state = request.scope.get("state") or {}
+    return state.get("request_id") or request.headers.get("x-request-id")
+
+
+def _api_error(exc: PolicyError) -> APIError:
+    return APIError(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
+
+
+def _with_headers(response: Response, headers: Mapping[str, str]) -> Response:
+    for k, v in headers.items():
+        response.headers[k] = v
+    return response
+
+
+def _cache_header(ctx: RequestContext) -> dict[str, str]:
+    return {"x-serving-cache": ctx.cache} if ctx.cache != "off" else {}
 
 
 def _is_error(item: Any) -> bool:
@@ -109,7 +135,8 @@ class Gateway:
         self.health = EngineHealth(router, settings.health_interval_s, settings.health_timeout_s)
         self.tiers = TierSet(router, self.health, cloud_factory or default_cloud_factory)
         self.routes = RouteTable()
-        self.routed = RoutedHandler(Cascade(self.tiers, metrics), metrics)
+        self.policy = PolicyLayer(metrics, settings.tenant_header)
+        self.routed = RoutedHandler(Cascade(self.tiers, metrics), metrics, self.policy)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
@@ -118,21 +145,48 @@ class Gateway:
         self.tiers.update(tiers, providers)
         self.routes.update(routes, tenants)
 
+    def update_policies(self, policies: PoliciesConfig, tenants: Mapping[str, TenantConfig]) -> None:
+        """Apply new policies (API keys, limits, cache, audit); raises `PolicySetupError` if they cannot run."""
+        self.policy.update(policies, tenants)
+
     async def handle(self, request: Request, endpoint: str, parse: Callable[[bytes], ParsedRequest]) -> Response:
-        start = time.perf_counter()
+        """Serve one OpenAI request; every request, refused or answered, is settled and audited once."""
+        ctx = self.policy.begin(endpoint, _request_id(request))
+        try:
+            response = await self._handle(ctx, request, endpoint, parse)
+        except APIError as exc:
+            self.policy.complete(ctx, exc.status, error=exc.code or exc.type)
+            raise
+        except BaseException:
+            self.policy.complete(ctx, 499, error="client_gone")
+            raise
+        if not ctx.deferred:
+            self.policy.complete(ctx, response.status_code)
+        return response
+
+    async def _handle(self, ctx: RequestContext, request: Request, endpoint: str,
+                      parse: Callable[[bytes], ParsedRequest]) -> Response:
+        start = ctx.start
+        try:
+            principal = await self.policy.authenticate(ctx, request.headers)
+        except PolicyError as exc:
+            self._record("unknown", "", endpoint, exc.status, start)
+            raise _api_error(exc) from None
         try:
             parsed = parse(await self._read_body(request))
-            CALLER_KEY.set(caller_key(request, parsed.request))
-            tenant = request.headers.get(self.settings.tenant_header) if request is not None else None
+            ctx.stream = parsed.stream
+            CALLER_KEY.set(caller_key(request, parsed.request, principal.key.id if principal.key else None))
+            tenant = principal.tenant
             route = self.routes.resolve(parsed.model, tenant, parsed.overrides.route if parsed.overrides else None)
+            pin = parsed.overrides.engine if parsed.overrides else None
             if route is not None:
-                if parsed.overrides and parsed.overrides.engine:
+                if pin:
                     raise APIError(400, "serving.engine applies to model groups, not to routes.",
                                    param="serving.engine")
-                return await self.routed.handle(request, endpoint, parsed, route, self.routes.tenant_label(tenant),
-                                                start)
-            pin = parsed.overrides.engine if parsed.overrides else None
-            group, engine = self.router.route(parsed.model, pin=pin)
+                name = route.name
+            else:
+                group, engine = self.router.route(parsed.model, pin=pin)
+                name = group.name
         except UnknownEngine as exc:
             self._record(parsed.model, "", endpoint, 400, start)
             raise APIError(400, f"The model group `{parsed.model}` has no engine `{exc.args[0]}`.",
@@ -150,6 +204,21 @@ class Gateway:
         except APIError as exc:
             self._record("unknown", "", endpoint, exc.status, start)
             raise
+        try:
+            self.policy.check_model(ctx, name)
+            await self.policy.admit(ctx, endpoint, parsed.request, parsed.body)
+        except PolicyError as exc:
+            self._record(name, "", endpoint, exc.status, start)
+            raise _api_error(exc) from None
+        overrides = parsed.overrides.model_dump(exclude_none=True) if parsed.overrides else None
+        cached = await self.policy.cache_lookup(ctx, parsed.body, overrides, request.headers.get("cache-control"))
+        if cached is not None:
+            return self._cached(ctx, cached, name, endpoint, parsed)
+        if route is not None:
+            response = await self.routed.handle(request, endpoint, parsed, route, self.routes.tenant_label(tenant),
+                                                start, ctx)
+            return _with_headers(response, ctx.headers)
+        ctx.details = {"model_group": group.name}
         engine = self.health.choose(group, engine) if not pin else (None if engine.name in self.health.down else engine)
         if engine is None:
             self._record(group.name, "", endpoint, 503, start)
@@ -159,6 +228,7 @@ class Gateway:
         if mirror is not None and mirror is not engine and mirror.name not in self.health.down:
             self._mirror(mirror, group.name, endpoint, parsed.request)
         parsed.request.model = engine.name
+        ctx.details["versions"] = [engine.name]
         in_flight = self.metrics.in_flight.labels(group.name)
         in_flight.inc()
         try:
@@ -175,22 +245,38 @@ class Gateway:
             in_flight.dec()
             self._record(group.name, engine.name, endpoint, 499, start)
             return Response(status_code=499)
-        headers = {"x-serving-model": engine.name}
+        headers = {"x-serving-model": engine.name, **ctx.headers}
         if not parsed.stream:
             in_flight.dec()
             usage = getattr(first, "usage", None)
+            ctx.usage = usage.model_dump() if usage is not None and not isinstance(usage, dict) else usage
             self._record(group.name, engine.name, endpoint, 200, start, usage=usage)
-            return Response(first.model_dump_json(exclude_unset=True), media_type="application/json",
-                            headers=headers)
+            body = first.model_dump_json(exclude_unset=True)
+            self.policy.cache_put(ctx, body)
+            return Response(body, media_type="application/json", headers={**headers, **_cache_header(ctx)})
+
         def on_finish(status: int, usage: dict[str, Any] | None, t_first: float | None) -> None:
             in_flight.dec()
             if t_first is not None:
                 self.metrics.ttft.labels(group.name, engine.name).observe(t_first - start)
             self._record(group.name, engine.name, endpoint, status, start, usage=usage, t_first=t_first)
+            ctx.usage, ctx.t_first = usage, t_first
+            self.policy.complete(ctx, status, error=None if status == 200 else "stream_ended")
 
-        stream = StreamRelay(gen, engine.name, on_finish)
+        ctx.deferred = True
+        stream = StreamRelay(gen, engine.name, on_finish, meter=self.policy.meter(ctx, 0.0))
         return RelayResponse(stream, stream.relay(first, parsed.client_usage), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **headers})
+
+    def _cached(self, ctx: RequestContext, cached: str, name: str, endpoint: str, parsed: ParsedRequest) -> Response:
+        """A cache hit, as JSON or replayed as SSE."""
+        ctx.details = {"model_group" if name in self.router.groups else "route": name}
+        headers = {**ctx.headers, "x-serving-cache": "hit"}
+        self._record(name, "cache", endpoint, 200, ctx.start)
+        if not parsed.stream:
+            return Response(cached, media_type="application/json", headers=headers)
+        return StreamingResponse(replay(json.loads(cached), endpoint, parsed.client_usage),
+                                 media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
     def _mirror(self, engine: Engine, group: str, endpoint: str, request: Any) -> None:
         """Send a copy of the request to a shadow engine in the background; its answer is discarded, its status
@@ -379,4 +465,5 @@ def build_api(
     async def metrics_endpoint() -> Response:
         return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
 
+    app.include_router(admin_router(gw.policy))
     return app

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from serving.api.errors import APIError
 from serving.engines.base import EngineFailed, EngineTimeout, EngineUnavailable
+from serving.policy.layer import StreamMeter
 
 logger = logging.getLogger("serving.gateway")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -51,9 +52,11 @@ class StreamRelay:
     an OpenAI error event if the engine fails after the first byte, and calls `on_finish` exactly once."""
 
     def __init__(self, gen: AsyncIterator[Any], engine: str, on_finish: FinishHook, *,
-                 usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+                 usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 meter: StreamMeter | None = None):
         self.gen, self.engine, self.on_finish = gen, engine, on_finish
         self.usage_chunk = usage_chunk
+        self.meter = meter
         self.t_first: float | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
@@ -72,6 +75,13 @@ class StreamRelay:
                         yield sse(self.usage_chunk(data)) if self.usage_chunk is not None else chunk
                 else:
                     yield chunk
+                    if self.meter is not None and (check := self.meter.tick()) is not None:
+                        refused = await check
+                        if refused is not None:  # a budget or quota ran out mid-stream: stop the engine here
+                            status = refused.status
+                            yield error_event(APIError(refused.status, refused.message, code=refused.code))
+                            yield DONE
+                            break
                 try:
                     chunk = await gen.__anext__()
                 except StopAsyncIteration:

@@ -93,6 +93,38 @@ class GatewayMetrics:
             "serving_shadow_request_duration_seconds", "Latency of mirrored requests at the shadow engine.",
             ["model_group", "engine"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        # Policies (serving.policy): admission verdicts, shared-state health, cache, PII, injection, runaways.
+        self.policy_decisions = Counter(
+            "serving_policy_decisions", "Admission verdicts: allowed, degraded (Redis down, fail-open) or the "
+            "refusal code (rate_limit_exceeded, budget_exceeded, kill_switch, invalid_api_key, ...).",
+            ["tenant", "decision"], registry=r,
+        )
+        self.redis_up = Gauge("serving_policy_redis_up", "1 while the policy store (Redis) answers.", registry=r)
+        self.redis_errors = Counter(
+            "serving_policy_redis_errors", "Policy-store operations that failed because Redis was unreachable.",
+            ["operation"], registry=r,
+        )
+        self.cache = Counter(
+            "serving_cache_requests", "Response-cache lookups of deterministic requests: hit, miss, bypass, error.",
+            ["result"], registry=r,
+        )
+        self.pii = Counter(
+            "serving_pii_detections", "Personal data found (never the values): in prompts bound for cloud tiers "
+            "or in answers; action redacted, blocked, allowed or counted.",
+            ["route", "direction", "kind", "action"], registry=r,
+        )
+        self.injection = Counter(
+            "serving_prompt_injection_suspected", "Requests matching prompt-injection heuristics (flagged, blocked).",
+            ["tenant", "action"], registry=r,
+        )
+        self.tenant_anomalous = Gauge(
+            "serving_tenant_anomalous", "1 while a tenant's request rate is far above its baseline.", ["tenant"],
+            registry=r,
+        )
+        self.anomalies = Counter(
+            "serving_tenant_anomalies", "Windows in which a tenant's request rate broke its baseline.", ["tenant"],
+            registry=r,
+        )
         self._refresh: list[Any] = []
 
     def on_render(self, fn: Any) -> None:

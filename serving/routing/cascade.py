@@ -42,6 +42,10 @@ CORRECTION_PROMPT = (
 )
 
 
+SAME = object()
+"""`cloud_request` default: cloud tiers get the request as sent."""
+
+
 class CascadeError(Exception):
     """No acceptable answer: the API layer turns this into an OpenAI error envelope."""
 
@@ -61,6 +65,7 @@ class Attempt:
     tier: str
     kind: str  # answer | self_correction | judge
     outcome: str  # accepted | gate_failed | transport_error | rejected | circuit_open | unavailable | timeout
+    #               | pii_blocked
     model: str | None = None
     gates: list[GateResult] = field(default_factory=list)
     cost_usd: float = 0.0
@@ -81,8 +86,8 @@ class Attempt:
 
     @property
     def counted(self) -> bool:
-        """Whether it reached a tier (skips of open circuits / down tiers are not attempts)."""
-        return self.outcome not in ("circuit_open", "unavailable")
+        """Whether it reached a tier (skips of open circuits, down tiers and PII blocks are not attempts)."""
+        return self.outcome not in ("circuit_open", "unavailable", "pii_blocked")
 
 
 @dataclass
@@ -289,8 +294,10 @@ class Cascade:
     # ---------------------------------------------------------------------------------------- gated path
 
     async def run(self, route: Route, cfg: RouteConfig, gates: dict[str, Gate], endpoint: str, request: Any,
-                  tenant: str) -> Outcome:
-        """Serve a request to completion (non-streamed internally): the accepted or best answer."""
+                  tenant: str, *, cloud_request: Any = SAME) -> Outcome:
+        """Serve a request to completion (non-streamed internally): the accepted or best answer.
+
+        `cloud_request`: what cloud tiers get instead of `request` (its PII redacted), or None to skip them."""
         outcome = Outcome(route.name, tenant)
         deadline = time.monotonic() + cfg.deadline_s
         best: tuple[int, Answer, str, str] | None = None  # (failed gates, answer, tier, model)
@@ -300,9 +307,13 @@ class Cascade:
             tier = self.tiers.tiers[step.tier]
             step_gates = [g for k, g in gates.items() if step.gates is None or k in step.gates]
             self_correct = step.self_correct if step.self_correct is not None else cfg.self_correct
-            ctx = GateContext(request, endpoint, logprobs_available=tier.logprobs,
+            base = self._for_tier(tier, request, cloud_request)
+            if base is None:
+                self._pii_blocked(outcome, route, tier, steps[i + 1].tier if i + 1 < len(steps) else "none")
+                continue
+            ctx = GateContext(base, endpoint, logprobs_available=tier.logprobs,
                               judge=lambda t, p, m: self._judge(outcome, deadline, t, p, m))
-            req = self._prepare(tier, endpoint, request, step_gates)
+            req = self._prepare(tier, endpoint, base, step_gates)
             reason = ""
             last_local: tuple[str, str] | None = None  # (group, engine) whose answer this tier gated last
             for kind in ("answer", "self_correction"):
@@ -352,6 +363,17 @@ class Cascade:
                 self.metrics.engine_answers.labels(*last_local, "escalated").inc()
         return self._exhausted(outcome, cfg, best, last_exc=last_exc)
 
+    @staticmethod
+    def _for_tier(tier: Tier, request: Any, cloud_request: Any) -> Any:
+        return request if cloud_request is SAME or tier.config.is_local else cloud_request
+
+    def _pii_blocked(self, outcome: Outcome, route: Route, tier: Tier, to: str) -> None:
+        attempt = Attempt(tier.name, "answer", "pii_blocked", error="the prompt holds personal data and the "
+                          "route's PII policy blocks cloud tiers")
+        outcome.attempts.append(attempt)
+        self._count(outcome, attempt)
+        self.metrics.escalations.labels(route.name, tier.name, to, "pii_blocked").inc()
+
     def _count(self, outcome: Outcome, attempt: Attempt) -> None:
         self.metrics.tier_attempts.labels(outcome.route, attempt.tier, attempt.outcome).inc()
 
@@ -391,18 +413,23 @@ class Cascade:
     # -------------------------------------------------------------------------------------- ungated stream
 
     async def open_stream(self, route: Route, cfg: RouteConfig, endpoint: str, request: Any,
-                          tenant: str) -> StreamStart:
+                          tenant: str, *, cloud_request: Any = SAME) -> StreamStart:
         """Start an ungated stream on the first tier that answers; fall back only before the first chunk."""
         outcome = Outcome(route.name, tenant, streaming=True)
         deadline = time.monotonic() + cfg.deadline_s
         last_exc: BaseException | None = None
         for i, step in enumerate(cfg.tiers):
             tier = self.tiers.tiers[step.tier]
+            to = cfg.tiers[i + 1].tier if i + 1 < len(cfg.tiers) else "none"
+            base = self._for_tier(tier, request, cloud_request)
+            if base is None:
+                self._pii_blocked(outcome, route, tier, to)
+                continue
             attempt = Attempt(tier.name, "answer", "accepted")
             outcome.attempts.append(attempt)
             start = time.monotonic()
             try:
-                engine, gen, first = await self._call(tier, endpoint, request, deadline, attempt)
+                engine, gen, first = await self._call(tier, endpoint, base, deadline, attempt)
             except _Deadline:
                 attempt.outcome, attempt.error = "timeout", "request deadline reached"
                 self._count(outcome, attempt)
@@ -412,7 +439,6 @@ class Cascade:
                 attempt.outcome, attempt.error = _outcome_of(exc), str(exc)
                 self._count(outcome, attempt)
                 last_exc = exc
-                to = cfg.tiers[i + 1].tier if i + 1 < len(cfg.tiers) else "none"
                 self.metrics.escalations.labels(route.name, tier.name, to, attempt.outcome).inc()
                 continue
             attempt.latency_s = time.monotonic() - start

@@ -29,7 +29,10 @@ import pytest
 import yaml
 
 from tests.integration.support import (
+    ADMIN_KEY,
     APP,
+    AUDIT_FILE,
+    CACHED_TENANT,
     CITY_SCHEMA,
     CLOUD_KEY,
     CLOUD_KEY_ENV,
@@ -39,6 +42,8 @@ from tests.integration.support import (
     CLOUD_TIER,
     DEAD_TIER,
     JSON_ROUTE,
+    LIMITED_RPM,
+    LIMITED_TENANT,
     MAX_MODEL_LEN,
     PYTHON,
     RAY,
@@ -52,6 +57,7 @@ from tests.integration.support import (
     TINY_GROUP,
     Stack,
 )
+from tests.redis_server import RedisServer
 
 logger = logging.getLogger("serving.itest")
 
@@ -165,11 +171,31 @@ def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
     }
 
 
-def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int) -> None:
+def _policies(redis_url: str) -> dict[str, Any]:
+    """No API keys (a loopback gateway), but Redis-backed limits for one tenant, the audit log in a file, and the
+    cache on for one tenant (tests/integration/test_09_policies.py); every other tenant runs unlimited."""
+    return {
+        "auth": {"enabled": False},
+        "redis": {"url": redis_url},
+        "anomaly": {"enabled": False},
+        "cache": {"enabled": True},
+    }
+
+
+def _tenants() -> dict[str, Any]:
+    return {
+        LIMITED_TENANT: {"limits": {"requests_per_minute": LIMITED_RPM}, "cache": False},
+        CACHED_TENANT: {},
+        "default": {"cache": False},
+    }
+
+
+def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int,
+                  redis_url: str) -> None:
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
     # 8 logical CPUs (on a 2-core box): two engines, the gateway and a rollout's challenger engine all fit
     ray: dict[str, Any] = {"num_cpus": 8, "app_name": APP, "metrics_export_port": metrics_port,
-                           "env": {CLOUD_KEY_ENV: CLOUD_KEY}}
+                           "env": {CLOUD_KEY_ENV: CLOUD_KEY, "SERVING_ADMIN_KEY": ADMIN_KEY}}
     if os.environ.get(INGRESS_ENV):
         ray["serve_ingress"] = os.environ[INGRESS_ENV]
     config = {
@@ -186,7 +212,9 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
         },
         **_routing(cloud_port, dead_port),
         "rollout": _rollout(path.parent),
+        "policies": {**_policies(redis_url), "audit": {"path": str(path.parent / AUDIT_FILE)}},
     }
+    config["tenants"] = {**config.get("tenants", {}), **_tenants()}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -227,7 +255,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The platform, up: two CPU engines behind the gateway, on free ports, with its own CLI state dir."""
     tmp = tmp_path_factory.mktemp("serving-itest")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never a developer's cluster
-    env.update(SERVING_STATE_DIR=str(tmp / "state"), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(SERVING_STATE_DIR=str(tmp / "state"), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+               SERVING_ADMIN_KEY=ADMIN_KEY)
 
     running = _ray_daemons()
     if running or _ray_status_ok(env):
@@ -242,7 +271,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     gateway_port, metrics_port = _free_port(taken), _free_port(taken)
     cloud_port, dead_port = _free_port(taken), _free_port(taken)  # nothing ever listens on dead_port
     config, log = tmp / "platform.yaml", tmp / "serving.log"
-    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port)
+    redis = RedisServer().start()
+    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port, redis.url)
     stack = Stack(f"http://127.0.0.1:{gateway_port}", config, metrics_port, env, log,
                   cloud_url=f"http://127.0.0.1:{cloud_port}")
     logger.info("starting the stack: %s (log: %s)", config, log)
@@ -273,6 +303,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         cloud.kill()
         cloud.wait()
+        redis.stop()
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -36,6 +36,10 @@ CITY_SCHEMA = {
     "additionalProperties": False,
 }
 CLOUD_REPLY = '{"city": "Paris", "country": "France"}'
+# Policies (Redis-backed, API keys off on the loopback gateway): a rate-limited tenant, a cached one, the audit log.
+LIMITED_TENANT, LIMITED_RPM, CACHED_TENANT = "itest-limited", 5, "itest-cached"
+AUDIT_FILE = "audit.jsonl"
+ADMIN_KEY = "itest-admin-credential"
 # Far more than MAX_MODEL_LEN tokens with either tokenizer.
 TOO_LONG = "hello " * 3000
 
@@ -51,10 +55,11 @@ class Stack:
     log: Path
     cloud_url: str = ""  # the fake cloud's root URL (scripted over HTTP: /_fake/script, /_fake/requests)
 
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        """Run `serving ARGS` with the session's environment."""
-        return subprocess.run([SERVING, *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout)
+    def cli(self, *args: str, timeout: float = 180,
+            env_override: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `serving ARGS` with the session's environment (plus `env_override`)."""
+        return subprocess.run([SERVING, *args], env={**self.env, **(env_override or {})}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
 
 
 def assert_envelope(resp: httpx.Response, status: int, *, code: str | None = None,

@@ -1,0 +1,1 @@
+"""Gateway policies: API keys, limits, budgets, kill switch, cache, PII, audit."""

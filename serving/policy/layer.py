@@ -1,0 +1,453 @@
+"""The policy layer on the request path: authenticate, admit (limits, quotas, budgets, kill switch, runaway
+check), answer from the cache, meter streams against budgets, then settle usage and write the audit line.
+
+One `PolicyLayer` per gateway replica; everything replicas must agree on is in Redis (`PolicyStore`). With no
+Redis configured (the local default: no API keys, no limits), admission is a few attribute reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.observability.metrics import GatewayMetrics
+from serving.policy.audit import AuditLog
+from serving.policy.cache import cache_control, cache_key, is_deterministic
+from serving.policy.injection import injection_signals
+from serving.policy.keys import KeyRecord, bearer_token, key_digest
+from serving.policy.limits import (
+    AdmitPlan,
+    Scope,
+    admit_plan,
+    duration,
+    estimate_tokens,
+    ratelimit_headers,
+    settle_spec,
+)
+from serving.policy.store import PolicyStore, StoreUnavailable
+from serving.policy_config import AuthConfig, LimitsConfig, PoliciesConfig
+from serving.routing_config import TenantConfig
+
+logger = logging.getLogger("serving.policy")
+KEY_CACHE_MAX = 10_000
+
+
+class PolicyError(Exception):
+    """A request refused by a policy (the API layer answers it in the OpenAI error envelope)."""
+
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
+
+
+class PolicySetupError(ValueError):
+    """Policies that cannot run as configured (e.g. API keys on but no Redis URL)."""
+
+
+@dataclass
+class Principal:
+    """Who sent a request: the key's tenant (or the tenant header when API keys are off)."""
+
+    tenant: str | None
+    key: KeyRecord | None = None
+    digest: str | None = None
+
+
+@dataclass
+class RequestContext:
+    """One request's policy state, from arrival to its audit line."""
+
+    endpoint: str
+    request_id: str | None
+    wall: float
+    start: float
+    principal: Principal | None = None
+    tenant: str = "default"
+    label: str = "default"
+    model: str | None = None
+    stream: bool = False
+    plan: AdmitPlan | None = None
+    scopes: list[Scope] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    cache_key: str | None = None
+    cache: str = "off"  # off | bypass | miss | hit
+    cache_store: bool = False
+    injection: list[str] = field(default_factory=list)
+    pii: Counter[str] = field(default_factory=Counter)
+    details: dict[str, Any] = field(default_factory=dict)  # route, tier, attempts, versions, flagged
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+    t_first: float | None = None
+    charged_tokens: int = 0
+    charged_usd: float = 0.0
+    degraded: bool = False  # admitted without Redis (fail-open)
+    deferred: bool = False  # a stream: completed by its finish hook
+    done: bool = False
+    prompt: Any = None
+
+    @property
+    def tokens(self) -> int:
+        u = self.usage or {}
+        return int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+
+
+class StreamMeter:
+    """Charges a stream's tokens and cost while it flows, and stops it once a quota or budget is used up.
+
+    `tick()` is called per chunk (about one token) and returns an awaitable only every `every` tokens or
+    `every_s` seconds; that awaitable resolves to a `PolicyError` when the stream must end."""
+
+    def __init__(self, layer: PolicyLayer, ctx: RequestContext, usd_per_token: float, every: int = 16,
+                 every_s: float = 0.5):
+        self.layer, self.ctx, self.usd_per_token = layer, ctx, usd_per_token
+        self.every, self.every_s = every, every_s
+        self.pending = 0
+        self.last = time.monotonic()
+
+    def tick(self) -> Awaitable[PolicyError | None] | None:
+        self.pending += 1
+        if self.pending < self.every and time.monotonic() - self.last < self.every_s:
+            return None
+        return self.flush()
+
+    async def flush(self) -> PolicyError | None:
+        tokens, self.pending, self.last = self.pending, 0, time.monotonic()
+        return await self.layer.charge(self.ctx, tokens, tokens * self.usd_per_token)
+
+
+class PolicyLayer:
+    """Policies of one gateway replica, reconfigured with the platform config's `policies` and `tenants`."""
+
+    def __init__(self, metrics: GatewayMetrics, tenant_header: str = "x-serving-tenant"):
+        self.metrics = metrics
+        self.tenant_header = tenant_header
+        self.cfg = PoliciesConfig(auth=AuthConfig(enabled=False))
+        self.tenants: dict[str, TenantConfig] = {}
+        self.store: PolicyStore | None = None
+        self._store_url: str | None = None
+        self.audit: AuditLog | None = None
+        self._keys: dict[str, tuple[KeyRecord, float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._anomalous: dict[str, int] = {}
+
+    # ---------------------------------------------------------------------------------------------- config
+
+    def update(self, cfg: PoliciesConfig, tenants: Mapping[str, TenantConfig]) -> None:
+        """Apply new policies (reconfigure); raises `PolicySetupError` when they cannot run."""
+        url = cfg.redis.url or os.environ.get(cfg.redis.url_env) or None
+        if url is None and cfg.needs_redis:
+            raise PolicySetupError(
+                "policies need Redis (API keys, limits or the response cache are on): set policies.redis.url or "
+                f"the {cfg.redis.url_env} environment variable"
+            )
+        if url != self._store_url or (self.store is not None and self.store.cfg != cfg.redis):
+            old = self.store
+            self.store = PolicyStore(url, cfg.redis, self._redis_health) if url else None
+            self._store_url = url
+            if old is not None:
+                self._background(old.close())
+        if self.audit is None or self.audit.cfg != cfg.audit:
+            if self.audit is not None:
+                self.audit.close()
+            self.audit = AuditLog(cfg.audit)
+        self.cfg, self.tenants = cfg, dict(tenants)
+        self._keys.clear()
+        self.metrics.redis_up.set(1 if self.store is not None else 0)
+
+    def _redis_health(self, up: bool) -> None:
+        self.metrics.redis_up.set(1 if up else 0)
+
+    def tenant_label(self, tenant: str) -> str:
+        """Tenants as a metrics label: configured names and `default`; any other name folds to `other`."""
+        return tenant if tenant in self.tenants or tenant == "default" else "other"
+
+    # -------------------------------------------------------------------------------------------- request
+
+    def begin(self, endpoint: str, request_id: str | None) -> RequestContext:
+        return RequestContext(endpoint, request_id, time.time(), time.perf_counter())
+
+    async def authenticate(self, ctx: RequestContext, headers: Mapping[str, str]) -> Principal:
+        """The caller: the API key's tenant, or (keys off) the tenant header. 401 / 503 as OpenAI errors."""
+        if not self.cfg.auth.enabled:
+            principal = Principal(headers.get(self.tenant_header) or None)
+        else:
+            principal = await self._key_principal(headers.get("authorization"))
+        ctx.principal = principal
+        ctx.tenant = principal.tenant or "default"
+        ctx.label = self.tenant_label(ctx.tenant)
+        return principal
+
+    async def _key_principal(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        if token is None:
+            raise PolicyError(401, "You didn't provide an API key. You need to provide your API key in an "
+                              "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                              "missing_api_key")
+        digest = key_digest(token)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and now - cached[1] < self.cfg.auth.key_cache_s:
+            return Principal(cached[0].tenant, cached[0], digest)
+        assert self.store is not None  # auth on implies a store (update() checks)
+        try:
+            rec = await self.store.get_key(digest)
+        except StoreUnavailable:
+            if cached is not None:  # a key seen before stays valid while Redis is away
+                return Principal(cached[0].tenant, cached[0], digest)
+            raise PolicyError(503, "The gateway cannot check API keys right now; retry later.",
+                              "policy_unavailable", {"retry-after": "1"}) from None
+        if rec is None or rec.get("revoked"):
+            self._keys.pop(digest, None)
+            raise PolicyError(401, "Incorrect API key provided.", "invalid_api_key")
+        record = KeyRecord.from_redis(rec)
+        if len(self._keys) >= KEY_CACHE_MAX:
+            self._keys.clear()
+        self._keys[digest] = (record, now)
+        return Principal(record.tenant, record, digest)
+
+    def check_model(self, ctx: RequestContext, model: str) -> None:
+        """403 when the tenant may not use this model group or route."""
+        ctx.model = model
+        tcfg = self.tenants.get(ctx.tenant)
+        if tcfg is not None and tcfg.models is not None and model not in tcfg.models:
+            raise PolicyError(403, f"Tenant {ctx.tenant} is not allowed to use the model `{model}`.",
+                              "model_not_allowed", param="model")
+
+    async def admit(self, ctx: RequestContext, endpoint: str, request: Any, body: dict[str, Any]) -> None:
+        """Injection heuristics, then limits, quotas, budgets, kill switches and the runaway check in one Redis
+        round trip. Raises `PolicyError` (400/401/403/429/503); sets `ctx.headers` (x-ratelimit-*)."""
+        if self.cfg.injection != "off":
+            ctx.injection = injection_signals(endpoint, body)
+            if ctx.injection:
+                action = "blocked" if self.cfg.injection == "block" else "flagged"
+                self.metrics.injection.labels(ctx.label, action).inc()
+                if action == "blocked":
+                    raise PolicyError(400, "The request looks like a prompt-injection attempt ("
+                                      + ", ".join(ctx.injection) + ") and this gateway blocks those.",
+                                      "prompt_injection_suspected")
+        tcfg = self.tenants.get(ctx.tenant)
+        if tcfg is not None and tcfg.audit_prompts:
+            ctx.prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
+        if self.store is None:
+            self.metrics.policy_decisions.labels(ctx.label, "allowed").inc()
+            return
+        principal = ctx.principal or Principal(None)
+        scopes = [Scope("tenant", ctx.tenant, self.cfg.limits.merged(tcfg.limits if tcfg else None))]
+        if principal.key is not None:
+            scopes.append(Scope("key", principal.key.id, principal.key.limits or LimitsConfig()))
+        kill = ["global", f"tenant:{ctx.tenant}", f"route:{ctx.model}"]
+        if principal.key is not None:
+            kill.append(f"key:{principal.key.id}")
+        est = estimate_tokens(endpoint, request) if any(s.limits.tokens_per_minute for s in scopes) else 0
+        prefix = self.store.prefix
+        active = self.store.key("key", principal.digest) if principal.digest else None
+        plan = admit_plan(prefix, scopes, active_key=active, kill_fields=kill, est_tokens=est,
+                          anomaly=self.cfg.anomaly, tenant=ctx.tenant, now=ctx.wall)
+        try:
+            verdict = await self.store.admit(plan.spec)
+        except StoreUnavailable:
+            self.metrics.redis_errors.labels("admit").inc()
+            if self.cfg.redis.on_unavailable == "closed":
+                raise PolicyError(503, "The gateway cannot apply its limits right now; retry later.",
+                                  "policy_unavailable", {"retry-after": "1"}) from None
+            ctx.degraded = True
+            self.metrics.policy_decisions.labels(ctx.label, "degraded").inc()
+            return
+        self._anomaly(ctx, verdict)
+        if not verdict.get("ok"):
+            raise self._denied(ctx, verdict)
+        ctx.plan, ctx.scopes = plan, scopes
+        ctx.headers = ratelimit_headers(verdict.get("rl"))
+        self.metrics.policy_decisions.labels(ctx.label, "allowed").inc()
+
+    def _anomaly(self, ctx: RequestContext, verdict: dict[str, Any]) -> None:
+        window = int(ctx.wall // self.cfg.anomaly.window_s)
+        if verdict.get("anomalous"):
+            self.metrics.tenant_anomalous.labels(ctx.label).set(1)
+            if self._anomalous.get(ctx.tenant) != window:
+                self._anomalous[ctx.tenant] = window
+                self.metrics.anomalies.labels(ctx.label).inc()
+                logger.warning("runaway protection: tenant %s is over %.0f requests this window (baseline %.1f)%s",
+                               ctx.tenant, verdict.get("threshold", 0), verdict.get("baseline", 0),
+                               "; throttled" if verdict.get("throttled") else "")
+        elif ctx.tenant in self._anomalous and self._anomalous[ctx.tenant] != window:
+            del self._anomalous[ctx.tenant]
+            self.metrics.tenant_anomalous.labels(ctx.label).set(0)
+
+    def _denied(self, ctx: RequestContext, v: dict[str, Any]) -> PolicyError:
+        code, what = v.get("code", "denied"), str(v.get("what", ""))
+        retry = float(v.get("retry_after") or 0)
+        headers = {"retry-after": str(max(1, int(retry + 0.999)))} if retry > 0 else {}
+        scope, _, kind = what.partition(":")
+        who = f"tenant {ctx.tenant}" if scope == "tenant" else "this API key"
+        self.metrics.policy_decisions.labels(ctx.label, code).inc()
+        if code == "invalid_api_key":
+            if ctx.principal is not None and ctx.principal.digest:
+                self._keys.pop(ctx.principal.digest, None)
+            return PolicyError(401, "Incorrect API key provided.", code)
+        if code == "kill_switch":
+            return PolicyError(403, f"Requests are stopped by the `{what}` kill switch.", code)
+        if code == "rate_limit_exceeded":
+            per = "requests" if kind == "requests" else "tokens"
+            return PolicyError(429, f"Rate limit reached for {who} on {per} per minute. Please try again in "
+                               f"{duration(retry)}.", code, {**headers, f"x-ratelimit-remaining-{per}": "0",
+                                                             f"x-ratelimit-reset-{per}": duration(retry)})
+        if code == "request_too_large":
+            return PolicyError(429, f"Request too large for {who}: it needs more tokens than its tokens-per-minute "
+                               "limit allows. Lower max_tokens or the prompt size.", code)
+        if code == "quota_exceeded":
+            return PolicyError(429, f"The daily token quota of {who} is used up; it resets in {duration(retry)}.",
+                               code, headers)
+        if code == "budget_exceeded":
+            window = "hourly" if kind.endswith("hour") else "daily"
+            return PolicyError(429, f"The {window} USD budget of {who} is used up; it resets in "
+                               f"{duration(retry)}.", code, headers)
+        if code == "tenant_throttled":
+            return PolicyError(429, f"Tenant {ctx.tenant} is sending far more requests than usual and is throttled "
+                               "(runaway protection).", code, headers)
+        return PolicyError(429, "Request refused by a gateway policy.", code, headers)
+
+    # ----------------------------------------------------------------------------------------------- cache
+
+    async def cache_lookup(self, ctx: RequestContext, body: dict[str, Any], overrides: dict[str, Any] | None,
+                           control: str | None) -> str | None:
+        """A cached answer (JSON text) for a deterministic request, or None (miss / bypass / off)."""
+        tcfg = self.tenants.get(ctx.tenant)
+        if not self.cfg.cache.enabled or self.store is None or (tcfg is not None and not tcfg.cache):
+            return None
+        if not is_deterministic(body):
+            return None
+        may_read, may_store = cache_control(control)
+        ctx.cache_key = cache_key(self.store.prefix, ctx.tenant, ctx.endpoint, body, overrides)
+        ctx.cache_store = may_store
+        if not may_read:
+            ctx.cache = "bypass"
+            self.metrics.cache.labels("bypass").inc()
+            return None
+        try:
+            hit = await self.store.cache_get(ctx.cache_key)
+        except StoreUnavailable:
+            self.metrics.redis_errors.labels("cache").inc()
+            ctx.cache, ctx.cache_store = "error", False
+            return None
+        ctx.cache = "hit" if hit is not None else "miss"
+        self.metrics.cache.labels(ctx.cache).inc()
+        return hit
+
+    def cache_put(self, ctx: RequestContext, answer: str) -> None:
+        """Store an answer in the background (no-store, over-size and failed answers are not stored)."""
+        if not ctx.cache_store or ctx.cache_key is None or self.store is None or ctx.cache == "hit":
+            return
+        if len(answer) > self.cfg.cache.max_entry_bytes:
+            return
+        self._background(self._ignore_unavailable(self.store.cache_set(ctx.cache_key, answer, self.cfg.cache.ttl_s)))
+
+    # -------------------------------------------------------------------------------------------- metering
+
+    def meter(self, ctx: RequestContext, usd_per_output_token: float) -> StreamMeter | None:
+        """A meter for a stream when a daily token quota or a USD budget applies to it."""
+        if ctx.plan is None or self.store is None:
+            return None
+        if not any(s.limits.tokens_per_day or s.limits.usd_per_hour or s.limits.usd_per_day for s in ctx.scopes):
+            return None
+        return StreamMeter(self, ctx, usd_per_output_token)
+
+    async def charge(self, ctx: RequestContext, tokens: int, usd: float) -> PolicyError | None:
+        """Add part of a stream's usage to the counters now; a `PolicyError` if a quota or budget is used up."""
+        if self.store is None or ctx.plan is None:
+            return None
+        empty = AdmitPlan({}, reserved_tokens=0)
+        spec = settle_spec(empty, self.store.prefix, ctx.scopes, tokens, usd, ctx.wall)
+        try:
+            totals = await self.store.settle(spec)
+        except StoreUnavailable:
+            self.metrics.redis_errors.labels("charge").inc()
+            return None
+        ctx.charged_tokens += tokens
+        ctx.charged_usd += usd
+        return self._over(ctx, spec["counters"], totals)
+
+    def _over(self, ctx: RequestContext, counters: list[dict[str, Any]], totals: list[float]) -> PolicyError | None:
+        for counter, total in zip(counters, totals, strict=True):
+            scope = ctx.scopes[counter["scope"]]
+            limit = getattr(scope.limits, counter["limit"])
+            if limit is not None and total >= limit:
+                who = f"tenant {ctx.tenant}" if scope.kind == "tenant" else "this API key"
+                code = "quota_exceeded" if counter["limit"] == "tokens_per_day" else "budget_exceeded"
+                self.metrics.policy_decisions.labels(ctx.label, code + "_midstream").inc()
+                return PolicyError(429, f"The {counter['limit'].replace('_', ' ')} limit of {who} was reached while "
+                                   "streaming; the answer was stopped.", code)
+        return None
+
+    # -------------------------------------------------------------------------------------------- complete
+
+    def complete(self, ctx: RequestContext, status: int, *, error: str | None = None) -> None:
+        """Settle usage and cost (in the background) and write the audit line; exactly once per request."""
+        if ctx.done:
+            return
+        ctx.done = True
+        if self.store is not None and ctx.plan is not None:
+            tokens = max(0, ctx.tokens - ctx.charged_tokens)
+            cost = max(0.0, ctx.cost_usd - ctx.charged_usd)
+            ctx.plan.reserved_tokens -= ctx.charged_tokens
+            spec = settle_spec(ctx.plan, self.store.prefix, ctx.scopes, tokens if ctx.cache != "hit" else 0,
+                               cost, ctx.wall)
+            if spec["counters"] or any(b["delta"] for b in spec["buckets"]):
+                self._background(self._ignore_unavailable(self.store.settle(spec)))
+        if self.audit is not None and self.cfg.audit.enabled:
+            self.audit.write(self._audit_record(ctx, status, error))
+
+    def _audit_record(self, ctx: RequestContext, status: int, error: str | None) -> dict[str, Any]:
+        u = ctx.usage or {}
+        rec: dict[str, Any] = {
+            "ts": round(ctx.wall, 3), "request_id": ctx.request_id, "tenant": ctx.tenant,
+            "key_id": ctx.principal.key.id if ctx.principal and ctx.principal.key else None,
+            "endpoint": ctx.endpoint, "model": ctx.model, "stream": ctx.stream, "status": status, "error": error,
+            **ctx.details,
+            "prompt_tokens": u.get("prompt_tokens"), "completion_tokens": u.get("completion_tokens"),
+            "cost_usd": round(ctx.cost_usd, 10),
+            "latency_ms": round((time.perf_counter() - ctx.start) * 1000, 2),
+            "ttft_ms": round((ctx.t_first - ctx.start) * 1000, 2) if ctx.t_first else None,
+            "cache": ctx.cache,
+        }
+        if ctx.pii:
+            rec["pii"] = dict(ctx.pii)
+        if ctx.injection:
+            rec["injection"] = ctx.injection
+        if ctx.degraded:
+            rec["policy"] = "degraded"
+        if ctx.prompt is not None:
+            rec["prompt"] = ctx.prompt
+        return rec
+
+    # -------------------------------------------------------------------------------------------- helpers
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        except RuntimeError:  # no loop (config applied outside one): nothing to wait for
+            if hasattr(coro, "close"):
+                coro.close()  # type: ignore[union-attr]
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ignore_unavailable(self, coro: Awaitable[Any]) -> None:
+        try:
+            await coro
+        except StoreUnavailable:
+            self.metrics.redis_errors.labels("settle").inc()
+
+    async def drain(self) -> None:
+        """Wait for background settles and cache writes (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
