@@ -272,3 +272,27 @@ async def test_a_missing_api_key_disables_only_that_tier(env, clouds, monkeypatc
     assert resp.status_code == 200 and resp.headers["x-serving-tier"] == "local"
     first = resp.json()["serving"]["attempts"][0]
     assert first["outcome"] == "unavailable" and "FAULT_OPENAI_KEY" in first["error"]
+
+
+PII_PROMPT = ("Reach me at jane.doe@example.com or +44 20 7946 0958; card 5500-0000-0000-0004, "
+              "NI number AB 12 34 56 C.")
+PII_VALUES = ("jane.doe@example.com", "7946 0958", "5500-0000-0000-0004", "AB 12 34 56 C")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_pii_never_reaches_the_cloud_apis_when_the_route_redacts(env, clouds, stream):
+    oa, an = clouds
+    e = env({"r": {"tiers": ["openai", "claude"], "pii": {"action": "redact", "phone_region": "GB"}},
+             "s": {"tiers": ["claude"], "pii": {"action": "redact", "phone_region": "GB"}}})
+    oa.script("status:500", "status:500", "status:500")  # the OpenAI tier fails: the request moves on to Claude, redacted as well
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PII_PROMPT}]
+    resp = await e.http.post("/v1/chat/completions", json={"model": "r", "messages": messages, "stream": stream})
+    assert resp.status_code == 200
+    completions = await e.http.post("/v1/completions", json={"model": "s", "prompt": PII_PROMPT})
+    assert completions.status_code == 200  # the Anthropic adapter sends a completion prompt as a user message
+    sent = [r.json for r in oa.api_requests()] + [r.json for r in an.api_requests()]
+    assert len(oa.api_requests()) == 3 and len(an.api_requests()) >= 1
+    wire = json.dumps(sent)
+    for value in PII_VALUES:
+        assert value not in wire
+    assert "[EMAIL]" in wire and "[CARD]" in wire and "[PHONE]" in wire and "[NATIONAL_ID]" in wire
