@@ -98,14 +98,19 @@ class RoutedHandler:
             self._scanners[route.name] = held
         return held[1]
 
-    def _cloud_request(self, route: Route, endpoint: str, parsed: ParsedRequest, ctx: RequestContext) -> Any:
+    async def _cloud_request(self, route: Route, endpoint: str, parsed: ParsedRequest, ctx: RequestContext) -> Any:
         """The request as cloud tiers may see it: as sent, with its PII redacted, or None (blocked) when the
-        route's PII policy says so. Local tiers always get the request as sent."""
+        route's PII policy says so. Local tiers always get the request as sent. Large prompts are scanned in a
+        worker thread (phone-number validation costs milliseconds per KB of dense numbers)."""
         policy = route.config.pii
         if policy.action == "allow" or all(self.cascade.tiers.tiers[t.tier].config.is_local
                                            for t in route.config.tiers):
             return parsed.request
-        redacted, counts = self._scanner(route).redact_request(endpoint, parsed.body)
+        scanner = self._scanner(route)
+        if _text_size(parsed.body) > PII_INLINE_BYTES:
+            redacted, counts = await asyncio.to_thread(scanner.redact_request, endpoint, parsed.body)
+        else:
+            redacted, counts = scanner.redact_request(endpoint, parsed.body)
         if not counts:
             return parsed.request
         ctx.pii.update(counts)
@@ -166,7 +171,7 @@ class RoutedHandler:
         except ValueError as exc:
             self._record(route.name, "", endpoint, 400, start)
             raise APIError(400, f"Invalid 'serving' overrides: {exc}", param="serving") from None
-        cloud = self._cloud_request(route, endpoint, parsed, ctx)
+        cloud = await self._cloud_request(route, endpoint, parsed, ctx)
         in_flight = self.metrics.in_flight.labels(route.name)
         in_flight.inc()
         try:
@@ -245,6 +250,26 @@ class RoutedHandler:
         relay = StreamRelay(st.gen, outcome.model or "", on_finish, usage_chunk=add_extension, meter=meter)
         return RelayResponse(relay, relay.relay(st.first, parsed.client_usage), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **outcome.headers(with_cost=False)})
+
+
+PII_INLINE_BYTES = 4096
+
+
+def _text_size(body: dict[str, Any]) -> int:
+    """Characters of prompt text in a request body (messages' string or text-part content, or the prompt)."""
+    size = 0
+    for m in body.get("messages") or ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            size += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        size += len(prompt)
+    elif isinstance(prompt, list):
+        size += sum(len(p) for p in prompt if isinstance(p, str))
+    return size
 
 
 def _attempts(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:

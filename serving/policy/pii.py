@@ -21,6 +21,7 @@ Findings carry a kind and offsets, never the matched text; nothing here logs, an
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -103,6 +104,13 @@ def _valid_nino(candidate: str) -> bool:
     return candidate[:2] not in _NINO_UNALLOCATED
 
 
+def _valid_grouped_aadhaar(candidate: str) -> bool:
+    """Aadhaar written 1234 5678 9012, but not three years in a row ("2023 2024 2025" passes Verhoeff 1 in 10)."""
+    if all(1900 <= int(candidate[k : k + 4]) <= 2099 for k in (0, 5, 10)):
+        return False
+    return in_aadhaar.is_valid(candidate)
+
+
 class _IdPattern(NamedTuple):
     pattern: re.Pattern[str]
     validate: Callable[[str], bool]
@@ -111,9 +119,10 @@ class _IdPattern(NamedTuple):
 
 
 # Boundary lookbehinds sit after the first character so that the regex engine can skip ahead to that character.
+# Grouped numbers must stand alone, not sit inside a longer list of numbers ("100 200 300 400").
 _NATIONAL_IDS: tuple[_IdPattern, ...] = (
     # US SSN written 123-45-6789 or 123 45 6789, or 9 bare digits right after a label.
-    _IdPattern(re.compile(r"\d(?<![\w.-]\d)\d{2}([- ])\d{2}\1\d{4}(?![\w-]|\.\d)"), us_ssn.is_valid),
+    _IdPattern(re.compile(r"\d(?<![\w.-]\d)(?<!\d[ -]\d)\d{2}([- ])\d{2}\1\d{4}(?![\w-]|[. ]\d)"), us_ssn.is_valid),
     _IdPattern(
         re.compile(r"(?i:\b(?:ssn|social\s+security\s+(?:number|no\.?|#))\s*(?:is\s+|[:#=]\s*)?)(\d{9})\b"),
         us_ssn.is_valid,
@@ -143,7 +152,10 @@ _NATIONAL_IDS: tuple[_IdPattern, ...] = (
         it_codicefiscale.is_valid,
     ),
     # IN Aadhaar: grouped 1234 5678 9012, or 12 bare digits right after a label.
-    _IdPattern(re.compile(r"[2-9](?<![\w.-][2-9])\d{3}([ -])\d{4}\1\d{4}(?![\w-]|\.\d)"), in_aadhaar.is_valid),
+    _IdPattern(
+        re.compile(r"[2-9](?<![\w.-][2-9])(?<!\d[ -][2-9])\d{3}([ -])\d{4}\1\d{4}(?![\w-]|[. ]\d)"),
+        _valid_grouped_aadhaar,
+    ),
     _IdPattern(
         re.compile(r"(?i:\baadhaa?r\b(?:\s+(?:no\.?|number|#))?\s*[:#=]?\s*)([2-9]\d{11})\b"),
         in_aadhaar.is_valid,
@@ -178,7 +190,7 @@ class _PhonePrefilter:
     pattern of a region with its country code. Unless a ``+`` or an international prefix is written, that is the
     default region's country code, and the digits appear as they are, after the national prefix, or after the
     country code. Those three readings are checked against the metadata for every run of whole digit groups; what
-    cannot be ruled out goes to the matcher. (Checked against the matcher for the example numbers of every region.)
+    cannot be ruled out goes to the matcher (tests/unit/test_pii.py compares both on every region's example numbers).
     """
 
     def __init__(self, region: str) -> None:
@@ -359,11 +371,14 @@ class Finding:
 
 def _resolve(findings: list[Finding]) -> list[Finding]:
     """Non-overlapping findings sorted by start, preferring kinds by _PRIORITY, then earlier and longer ones."""
+    starts: list[int] = []  # kept findings, sorted by start (they never overlap, so also by end)
     kept: list[Finding] = []
     for f in sorted(findings, key=lambda f: (_PRIORITY[f.kind], f.start, f.start - f.end)):
-        if all(f.end <= k.start or f.start >= k.end for k in kept):
-            kept.append(f)
-    kept.sort(key=lambda f: f.start)
+        i = bisect.bisect_right(starts, f.start)
+        if (i > 0 and kept[i - 1].end > f.start) or (i < len(kept) and kept[i].start < f.end):
+            continue
+        starts.insert(i, f.start)
+        kept.insert(i, f)
     return kept
 
 

@@ -485,11 +485,13 @@ SECRET_PROMPT = ("Email jane.doe@example.com or call +1 415 555 0132 about card 
                  "SSN 536-22-8726.")
 
 
-async def test_pii_is_redacted_before_a_cloud_tier(env, tmp_path):
+@pytest.mark.parametrize("padding", [0, 6000])  # a large prompt is scanned in a worker thread
+async def test_pii_is_redacted_before_a_cloud_tier(env, tmp_path, padding):
     e = env()
     e.cloud.reply = "Done."
     key = await e.a.new_key("acme")
-    resp = await e.a.chat(key, model="private", messages=[{"role": "user", "content": SECRET_PROMPT}])
+    prompt = SECRET_PROMPT + " lorem ipsum" * (padding // 12)
+    resp = await e.a.chat(key, model="private", messages=[{"role": "user", "content": prompt}])
     assert resp.status_code == 200
     sent = e.cloud.last_request.messages[0]["content"]
     for value in ("jane.doe@example.com", "415 555 0132", "4111 1111 1111 1111", "536-22-8726"):

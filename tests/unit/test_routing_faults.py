@@ -284,7 +284,7 @@ async def test_pii_never_reaches_the_cloud_apis_when_the_route_redacts(env, clou
     oa, an = clouds
     e = env({"r": {"tiers": ["openai", "claude"], "pii": {"action": "redact", "phone_region": "GB"}},
              "s": {"tiers": ["claude"], "pii": {"action": "redact", "phone_region": "GB"}}})
-    oa.script("status:500", "status:500", "status:500")  # the OpenAI tier fails: the request moves on to Claude, redacted as well
+    oa.script("status:500", "status:500", "status:500")  # OpenAI fails: the request moves on to Claude, redacted too
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PII_PROMPT}]
     resp = await e.http.post("/v1/chat/completions", json={"model": "r", "messages": messages, "stream": stream})
     assert resp.status_code == 200
