@@ -423,7 +423,12 @@ def cmd_rollout_controller(args: argparse.Namespace) -> int:
     gateway_url = (args.gateway_url or rollout.gateway_url or os.environ.get("SERVING_GATEWAY_URL")
                    or f"http://{host}:{gw.port}{gw.route_prefix.rstrip('/')}")
     metrics = PrometheusAPI(rollout.prometheus_url) if rollout.prometheus_url else GatewayScrape(gateway_url)
-    controller = RolloutController(registry, applier, metrics, gateway_url, drain_s=args.drain_s)
+    api_key = os.environ.get(rollout.gateway_api_key_env) or None
+    if platform.policies.auth.enabled and not api_key:
+        _say(f"warning: the gateway requires API keys and ${rollout.gateway_api_key_env} is empty: evaluations "
+             "will be refused (create one: serving keys create --tenant rollout)")
+    controller = RolloutController(registry, applier, metrics, gateway_url, drain_s=args.drain_s,
+                                   gateway_api_key=api_key)
     stop, wake = threading.Event(), threading.Event()
     secret = os.environ.get(rollout.webhook_secret_env) if rollout.webhook_secret_env else None
     if rollout.webhook_secret_env and not secret:

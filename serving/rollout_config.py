@@ -109,6 +109,10 @@ class RolloutConfig(_Strict):
     )
     webhook_port: int = Field(8081, ge=1, le=65535, description="Port of /healthz and /webhook.")
     gateway_url: str | None = Field(None, description="Gateway base URL for evals and metrics (default: local).")
+    gateway_api_key_env: str = Field(
+        "SERVING_ROLLOUT_API_KEY",
+        description="Env var with the gateway API key the controller's evaluations send (gateway keys on).",
+    )
     prometheus_url: str | None = Field(
         None, description="Prometheus API URL for analysis (Kubernetes); None: scrape the gateway's /metrics."
     )

@@ -271,11 +271,12 @@ class Gateway:
     def _cached(self, ctx: RequestContext, cached: str, name: str, endpoint: str, parsed: ParsedRequest) -> Response:
         """A cache hit, as JSON or replayed as SSE."""
         ctx.details = {"model_group" if name in self.router.groups else "route": name}
-        headers = {**ctx.headers, "x-serving-cache": "hit"}
+        body = json.loads(cached)
+        headers = {**ctx.headers, "x-serving-cache": "hit", "x-serving-model": str(body.get("model") or "")}
         self._record(name, "cache", endpoint, 200, ctx.start)
         if not parsed.stream:
             return Response(cached, media_type="application/json", headers=headers)
-        return StreamingResponse(replay(json.loads(cached), endpoint, parsed.client_usage),
+        return StreamingResponse(replay(body, endpoint, parsed.client_usage),
                                  media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
     def _mirror(self, engine: Engine, group: str, endpoint: str, request: Any) -> None:

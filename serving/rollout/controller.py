@@ -64,7 +64,7 @@ class RolloutController:
 
     def __init__(self, registry: Registry, applier: Applier, metrics: MetricsSource, gateway_url: str, *,
                  clock: Callable[[], float] = time.time, drain_s: float = 5.0,
-                 evaluator: Callable[..., EvalResult] = evaluate):
+                 evaluator: Callable[..., EvalResult] = evaluate, gateway_api_key: str | None = None):
         self.registry = registry
         self.applier = applier
         self.metrics = metrics
@@ -72,6 +72,10 @@ class RolloutController:
         self.clock = clock
         self.drain_s = drain_s
         self.evaluator = evaluator
+        # Evaluations measure the engine, never the response cache; with API keys on they need one.
+        self.eval_headers = {"cache-control": "no-cache"}
+        if gateway_api_key:
+            self.eval_headers["authorization"] = f"Bearer {gateway_api_key}"
         self.windows: dict[str, Window] = {}
         self.events: list[Event] = []
         self.last_tick: float | None = None
@@ -189,9 +193,11 @@ class RolloutController:
         tags = v.rollout_tags
         cfg = policy.eval
         tasks = load_eval_tasks(v.spec.eval_tasks if v.spec and v.spec.eval_tasks else cfg.tasks, cfg.limit)
-        mine = self.evaluator(self.gateway_url, group, tags["engine"], tasks, max_tokens=cfg.max_tokens)
+        mine = self.evaluator(self.gateway_url, group, tags["engine"], tasks, max_tokens=cfg.max_tokens,
+                              headers=self.eval_headers)
         champions = json.loads(tags.get("champions") or "{}")
-        theirs = (self.evaluator(self.gateway_url, group, next(iter(champions)), tasks, max_tokens=cfg.max_tokens)
+        theirs = (self.evaluator(self.gateway_url, group, next(iter(champions)), tasks, max_tokens=cfg.max_tokens,
+                                 headers=self.eval_headers)
                   if champions and cfg.max_drop is not None else None)
         self._log_metrics(tags, {"eval_accuracy": mine.accuracy, "eval_errors": mine.errors,
                                  **({"champion_eval_accuracy": theirs.accuracy} if theirs else {})})

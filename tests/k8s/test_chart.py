@@ -178,11 +178,14 @@ def test_default_platform_is_the_gpu_config() -> None:
 
 
 def test_cpu_demo_mirrors_local_config() -> None:
+    """The CPU demo is configs/local.yaml on a Ray cluster, with the gateway on 0.0.0.0 and therefore the
+    production policies (API keys on) instead of the local, loopback-only ones."""
     local = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     demo = expected_platform("values-cpu-demo.yaml")
     assert demo["ray"] == {"address": "auto", "metrics_export_port": local["ray"]["metrics_export_port"]}
     assert demo["gateway"] == {**local["gateway"], "host": "0.0.0.0"}
-    strip = ("ray", "gateway")
+    assert demo["policies"] == expected_platform(None)["policies"]
+    strip = ("ray", "gateway", "policies")
     assert {k: v for k, v in demo.items() if k not in strip} == {k: v for k, v in local.items() if k not in strip}
 
 
@@ -293,12 +296,13 @@ def test_controller_can_be_disabled(helm: str) -> None:
     assert not [d for d in docs if d["metadata"]["name"].endswith("-controller")]
 
 
-def test_controller_webhook_is_off_by_default_and_wired_when_asked(helm: str) -> None:
-    def controller_parts(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-        env = one(docs, "Deployment", "-controller")["spec"]["template"]["spec"]["containers"][0]["env"]
-        return env, one(docs, "NetworkPolicy", "-controller")["spec"], {
-            d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+def controller_parts(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    env = one(docs, "Deployment", "-controller")["spec"]["template"]["spec"]["containers"][0]["env"]
+    return env, one(docs, "NetworkPolicy", "-controller")["spec"], {
+        d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
 
+
+def test_controller_webhook_is_off_by_default_and_wired_when_asked(helm: str) -> None:
     env, policy, services = controller_parts(render(helm))
     assert not [e for e in env if "WEBHOOK" in e["name"]] and "ingress" not in policy  # deny all inbound
     assert not [n for n in services if n.endswith("-controller")]
@@ -311,6 +315,14 @@ def test_controller_webhook_is_off_by_default_and_wired_when_asked(helm: str) ->
         "controller"
 
 
+def test_controller_gets_its_gateway_key_from_a_secret(helm: str) -> None:
+    env, _, _ = controller_parts(render(helm))
+    assert not [e for e in env if e["name"] == "SERVING_ROLLOUT_API_KEY"]
+    env, _, _ = controller_parts(render(helm, None, "--set", "controller.gatewayApiKey.existingSecret=ro-key"))
+    [key_env] = [e for e in env if e["name"] == "SERVING_ROLLOUT_API_KEY"]
+    assert key_env["valueFrom"]["secretKeyRef"] == {"name": "ro-key", "key": "api-key"}
+
+
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_no_secret_rendered_by_default(helm: str, values: str | None) -> None:
     docs = render(helm, values)
@@ -319,27 +331,54 @@ def test_no_secret_rendered_by_default(helm: str, values: str | None) -> None:
     assert "secretKeyRef" not in text  # no key Secret configured: nothing references one
 
 
+def secret_refs(docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """pod name -> env var -> secretKeyRef, for every pod of the release."""
+    return {name: {e["name"]: e["valueFrom"]["secretKeyRef"] for c in pod["containers"] for e in c.get("env", [])
+                   if "secretKeyRef" in e.get("valueFrom", {})}
+            for name, pod in pod_specs(docs).items()}
+
+
 def test_existing_secrets_are_referenced_not_rendered(helm: str) -> None:
     docs = render(helm, "values-llama-8b-awq.yaml", "--set", "secrets.cloudApiKeys.existingSecret=cloud-keys",
-                  "--set", "secrets.gatewayApiKeys.existingSecret=gw-keys")
+                  "--set", "secrets.adminKey.existingSecret=admin-creds")
     assert not [d for d in docs if d["kind"] == "Secret"]
-    for name, pod in pod_specs(docs).items():
-        if not name.startswith("ray-"):
-            continue
-        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod["containers"][0]["env"] if "valueFrom" in e}
-        assert refs == {
+    refs = secret_refs(docs)
+    ray_pods = [n for n in refs if n.startswith("ray-")]
+    assert len(ray_pods) == 2
+    for name in ray_pods:
+        assert refs[name] == {
             "ANTHROPIC_API_KEY": {"name": "cloud-keys", "key": "ANTHROPIC_API_KEY", "optional": True},
             "OPENAI_API_KEY": {"name": "cloud-keys", "key": "OPENAI_API_KEY", "optional": True},
-            "SERVING_API_KEYS": {"name": "gw-keys", "key": "api-keys"},
+            "SERVING_ADMIN_KEY": {"name": "admin-creds", "key": "admin-key"},
         }
+    # only the gateway (Ray pods) holds the admin credential; no key material anywhere in the manifests
+    assert not any(v for n, v in refs.items() if not n.startswith("ray-"))
+    text = yaml.safe_dump_all(docs)
+    assert "SERVING_API_KEYS" not in text and "stringData" not in text
 
 
 def test_secret_created_only_from_explicit_values(helm: str) -> None:
     docs = render(helm, None, "--set", "secrets.cloudApiKeys.values.OPENAI_API_KEY=sk-test",
-                  "--set", "secrets.gatewayApiKeys.values[0]=key-a", "--set", "secrets.gatewayApiKeys.values[1]=key-b")
+                  "--set", "secrets.adminKey.value=admin-test-credential")
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert set(secrets) == {"serving-cloud-api-keys", "serving-admin"}
     assert secrets["serving-cloud-api-keys"]["stringData"] == {"OPENAI_API_KEY": "sk-test"}
-    assert secrets["serving-gateway-api-keys"]["stringData"] == {"api-keys": "key-a\nkey-b"}
+    assert secrets["serving-admin"]["stringData"] == {"admin-key": "admin-test-credential"}
+    for name, refs in secret_refs(docs).items():
+        if name.startswith("ray-"):
+            assert refs["SERVING_ADMIN_KEY"] == {"name": "serving-admin", "key": "admin-key"}, name
+    # the value lives in the Secret only, never inline in a pod's environment
+    assert yaml.safe_dump_all([d for d in docs if d["kind"] != "Secret"]).count("admin-test-credential") == 0
+
+
+def test_admin_key_env_follows_the_platform(helm: str) -> None:
+    """The variable is the one the gateway reads: platform.policies.auth.admin_key_env."""
+    docs = render(helm, "values-cpu-demo.yaml", "--set", "secrets.adminKey.existingSecret=adm",
+                  "--set", "secrets.adminKey.key=credential",
+                  "--set", "platform.policies.auth.admin_key_env=PLATFORM_ADMIN_CREDENTIAL")
+    for name, refs in secret_refs(docs).items():
+        if name.startswith("ray-"):
+            assert refs == {"PLATFORM_ADMIN_CREDENTIAL": {"name": "adm", "key": "credential"}}, name
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -372,6 +411,202 @@ def test_gateway_service_and_network_policy(helm: str) -> None:
         "ports": [{"protocol": "TCP", "port": 5000}]}]
 
 
+def redis_parts(docs: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
+    """The bundled Redis: its args, its data volume, and the release's Redis claims."""
+    dep = one(docs, "Deployment", "-redis")
+    spec = dep["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    [data] = [v for v in spec["volumes"] if v["name"] == "data"]
+    claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"].endswith("-redis")]
+    return container["args"], data, claims
+
+
+def flag(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, (name, args)
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_redis_keeps_the_api_keys(helm: str, values: str | None) -> None:
+    """Bundled Redis holds the API key records: AOF on a PVC, and only keys with a TTL are evicted."""
+    docs = render(helm, values)
+    args, data, claims = redis_parts(docs)
+    assert flag(args, "--appendonly") == "yes"
+    assert flag(args, "--dir") == "/data"
+    assert flag(args, "--maxmemory-policy") == "volatile-lru"
+    assert flag(args, "--maxmemory") == "384mb"
+    [claim] = claims
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in claim["spec"]
+    # one server per AOF directory, and the same non-root pod as before (redis uid 999 owns /data via fsGroup)
+    dep = one(docs, "Deployment", "-redis")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]["securityContext"]
+    assert (pod["runAsNonRoot"], pod["runAsUser"], pod["fsGroup"]) == (True, 999, 999)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_redis_persistence_options(helm: str) -> None:
+    args, data, claims = redis_parts(render(helm, None, "--set", "redis.persistence.enabled=false"))
+    assert not claims and data == {"name": "data", "emptyDir": {}}
+    assert flag(args, "--appendonly") == "yes" and flag(args, "--maxmemory-policy") == "volatile-lru"
+    _, data, claims = redis_parts(render(helm, None, "--set", "redis.persistence.existingClaim=my-redis-data"))
+    assert not claims and data["persistentVolumeClaim"] == {"claimName": "my-redis-data"}
+    _, _, [claim] = redis_parts(render(helm, None, "--set", "redis.persistence.storageClassName=fast",
+                                       "--set", "redis.persistence.size=5Gi", "--set", "redis.maxMemory=1gb"))
+    assert claim["spec"]["storageClassName"] == "fast" and claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    docs = render(helm, None, "--set", "redis.enabled=false", "--set", "redis.externalUrl=redis://r:6379/0")
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
+
+
+def test_gateway_pods_may_reach_redis(helm: str) -> None:
+    """The Redis NetworkPolicy admits exactly the pods carrying the platform-client label of this release, and the
+    Ray pods (the gateway) and the controller carry it."""
+    docs = render(helm)
+    policy = one(docs, "NetworkPolicy", "-redis")["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    [peer] = rule["from"]
+    selector = peer["podSelector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/instance": "serving", "serving.dev/platform-client": "true"}
+    cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"]),
+                 one(docs, "Deployment", "-controller")["spec"]["template"]]
+    for template in templates:
+        labels = template["metadata"]["labels"]
+        assert selector.items() <= labels.items(), labels
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["REDIS_URL"] == "redis://serving-redis:6379/0"
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_platform_policies_are_on(helm: str, values: str | None) -> None:
+    """The rendered platform config (serveConfigV2 args.config) keeps API keys on: its gateway listens on 0.0.0.0."""
+    config = serve_config(render(helm, values))["applications"][0]["args"]["config"]
+    assert config["gateway"]["host"] == "0.0.0.0"
+    assert config["policies"]["auth"]["enabled"] is True
+    parsed = parse_config(config, "serveConfigV2 args.config")
+    policies = parsed.policies
+    assert policies.auth.enabled and policies.auth.admin_key_env == "SERVING_ADMIN_KEY"
+    assert (policies.redis.url, policies.redis.url_env, policies.redis.on_unavailable) == (None, "REDIS_URL", "open")
+    assert not policies.limits.any
+    assert policies.anomaly.enabled and (policies.cache.enabled, policies.cache.ttl_s) == (True, 300)
+    assert policies.audit.enabled and policies.audit.path is None and policies.injection == "flag"
+    assert policies.needs_redis
+
+
+# ------------------------------------------------------------------------------------------------ monitoring
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Series the gateway exports (serving.observability.metrics.GatewayMetrics) -> their label names."""
+    from serving.observability.metrics import GatewayMetrics
+
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    series: dict[str, set[str]] = {}
+    for metric in vars(GatewayMetrics()).values():
+        if not hasattr(metric, "_labelnames"):
+            continue
+        labels = set(metric._labelnames)
+        for suffix in suffixes[metric._type]:
+            series[metric._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def check_promql(expr: str, series: dict[str, set[str]]) -> set[str]:
+    """A light PromQL check (no promtool here): balanced brackets, every serving_* series is one the gateway
+    exports, and its label matchers name labels that series has. Returns the serving_* names used."""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for ch in re.sub(r'"[^"]*"', '""', expr):
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            assert stack and stack.pop() == pairs[ch], f"unbalanced {ch!r} in {expr!r}"
+    assert not stack, f"unclosed {stack} in {expr!r}"
+    used = set()
+    for name, matchers in re.findall(r"\b(serving_[a-z_]+)(?:\{([^}]*)\})?", expr):
+        assert name in series, f"{name} is not exported by the gateway ({expr!r})"
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers or ""):
+            assert label in series[name], f"{name} has no label {label!r} ({expr!r})"
+        used.add(name)
+    return used
+
+
+POLICY_ALERTS = {
+    "ServingPolicyStoreDown": ("critical", {"serving_policy_redis_up"}),
+    "ServingTenantRunaway": ("warning", {"serving_tenant_anomalous"}),
+    "ServingRateLimitedShare": ("warning", {"serving_policy_decisions_total"}),
+    "ServingPIIBlocked": ("info", {"serving_pii_detections_total"}),
+}
+
+
+def test_policy_alerts(helm: str) -> None:
+    docs = render(helm, None, "--set", "monitoring.prometheusRule.enabled=true",
+                  "--set", "monitoring.prometheusRule.rateLimitedPercent=25")
+    groups = {g["name"]: g["rules"] for g in one(docs, "PrometheusRule")["spec"]["groups"]}
+    rules = {r["alert"]: r for r in groups["serving.policies"]}
+    assert set(rules) == set(POLICY_ALERTS)
+    series = exported_series()
+    for name, (severity, metrics) in POLICY_ALERTS.items():
+        rule = rules[name]
+        assert rule["labels"]["severity"] == severity, name
+        assert check_promql(rule["expr"], series) == metrics, name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+    assert rules["ServingPolicyStoreDown"]["expr"].split() == "max(serving_policy_redis_up) == 0".split()
+    assert rules["ServingPolicyStoreDown"]["for"] == "2m"
+    assert rules["ServingTenantRunaway"]["expr"].split() == "max by (tenant) (serving_tenant_anomalous) == 1".split()
+    assert rules["ServingTenantRunaway"]["for"] == "1m"
+    share = rules["ServingRateLimitedShare"]
+    assert share["expr"].rstrip().endswith("> 25") and "[10m]" in share["expr"]
+    [codes] = re.findall(r'decision=~"([^"]+)"', share["expr"])
+    assert set(codes.split("|")) == {"rate_limit_exceeded", "budget_exceeded", "quota_exceeded", "tenant_throttled"}
+    policy_source = " ".join(f.read_text() for f in (ROOT / "serving" / "policy").glob("*.py"))
+    for code in codes.split("|"):  # refusal codes the policy layer really counts
+        assert f"'{code}'" in policy_source or f'"{code}"' in policy_source, code
+    assert 'action="blocked"' in rules["ServingPIIBlocked"]["expr"] and "[15m]" in rules["ServingPIIBlocked"]["expr"]
+    # every other alert's serving_* series exists too
+    for group in groups.values():
+        for rule in group:
+            check_promql(rule["expr"], series)
+
+
+def test_dashboard_policies_row(helm: str) -> None:
+    import json
+
+    docs = render(helm, None, "--set", "monitoring.grafanaDashboard.enabled=true")
+    dashboard = json.loads(one(docs, "ConfigMap", "-dashboard")["data"]["serving-dashboard.json"])
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    rows = [i for i, p in enumerate(panels) if p["type"] == "row"]
+    start = next(i for i in rows if panels[i]["title"] == "Policies")
+    end = next((i for i in rows if i > start), len(panels))
+    policy_panels = panels[start + 1:end]
+    series = exported_series()
+    used = {p["title"]: set().union(*(check_promql(t["expr"], series) for t in p["targets"])) for p in policy_panels}
+    assert sorted(used.values(), key=sorted) == sorted([
+        {"serving_policy_decisions_total"}, {"serving_cache_requests_total"}, {"serving_pii_detections_total"},
+        {"serving_tenant_anomalous"}, {"serving_policy_redis_up"}], key=sorted)
+    queries = {t["expr"] for p in policy_panels for t in p["targets"]}
+    assert "sum by (decision) (rate(serving_policy_decisions_total[5m]))" in queries
+    assert any('serving_cache_requests_total{result="hit"}' in q and q.count("serving_cache_requests_total") == 2
+               for q in queries)
+    # every panel of the dashboard queries series that exist; the grid has no overlaps
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        for t in p.get("targets", []):
+            check_promql(t["expr"], series)
+        g = p["gridPos"]
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not area & cells, p["title"]
+        assert g["x"] + g["w"] <= 24
+        cells |= area
+
+
 def test_monitoring_objects(helm: str) -> None:
     docs = render(helm, None, *EVERYTHING_ON)
     rule = one(docs, "PrometheusRule")
@@ -400,7 +635,17 @@ def test_monitoring_objects(helm: str) -> None:
     (["--set-string", "ray.workers.replicas=two"], "ray.workers.replicas: Invalid type. Expected: integer"),
     (["--set", "controller.enabled=yes-please"], "controller.enabled: Invalid type. Expected: boolean"),
     (["--set", "replicaCount=2"], "Additional property replicaCount is not allowed"),
-    (["--set", "redis.persistence=true"], "Additional property persistence is not allowed"),
+    (["--set", "redis.persistence=true"], "redis.persistence: Invalid type. Expected: object"),
+    (["--set", "redis.persistence.size_gb=1"], "Additional property size_gb is not allowed"),
+    (["--set", "secrets.gatewayApiKeys.existingSecret=gw-keys"], "Additional property gatewayApiKeys is not allowed"),
+    (["--set", "secrets.adminKey.values[0]=k"], "Additional property values is not allowed"),
+    (["--set", "monitoring.prometheusRule.rateLimitedPercent=0"], "rateLimitedPercent"),
+    (["-f", str(CHART / "values-cpu-demo.yaml"), "--set", "platform.policies.auth.enable=false"],
+     "platform.policies.auth: Additional property enable is not allowed"),
+    (["-f", str(CHART / "values-cpu-demo.yaml"), "--set", "platform.policies.injection=maybe"],
+     "platform.policies.injection must be one of the following"),
+    (["-f", str(CHART / "values-cpu-demo.yaml"), "--set", "platform.policies.auth.enabled=false"],
+     "platform.gateway.host must be one of the following"),
     (["--set", "platform.engine.x=1"], "Additional property engine is not allowed"),
     (["--set", "modelCache.type=hostPath"], "modelCache.type"),
 ])
@@ -409,6 +654,27 @@ def test_schema_rejects_bad_values(helm: str, args: list[str], message: str) -> 
     assert proc.returncode != 0
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert message in proc.stderr, proc.stderr
+
+
+def test_schema_knows_the_platform_and_policies_keys() -> None:
+    """values.schema.json rejects unknown platform/policies keys, so its key lists must be PlatformConfig's and
+    PoliciesConfig's (a field added in serving/ without the schema would make helm refuse a valid platform)."""
+    import json
+
+    from serving.config import PlatformConfig
+    from serving.policy_config import PoliciesConfig
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["platform"]
+    assert set(schema["properties"]) == set(PlatformConfig.model_fields)
+    policies = schema["properties"]["policies"]
+    assert policies["additionalProperties"] is False
+    assert set(policies["properties"]) == set(PoliciesConfig.model_fields)
+    for name, field in PoliciesConfig.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and hasattr(model, "model_fields"):
+            sub = policies["properties"][name]
+            assert sub["additionalProperties"] is False, name
+            assert set(sub["properties"]) == set(model.model_fields), name
 
 
 # ------------------------------------------------------------------------------------------ manifests/, image

@@ -3,9 +3,9 @@ Kubernetes 1.20 API server (etcd + kube-apiserver + kube-controller-manager, see
 
 No KubeRay operator runs, so nothing turns the RayService into Ray pods; what is checked is what the API server
 and the real controllers do with the release: every object is admitted, Deployments roll out (the kubelet stand-in
-marks their pods Ready), claims bind to pre-provisioned volumes, the stored RayService carries the platform config,
-the RayService's head/worker pod templates are valid Pods that land on the GPU node, and the controller's
-ServiceAccount can reach its own RayService and nothing else.
+marks their pods Ready), claims (model cache, MLflow store, Redis AOF directory) bind to pre-provisioned volumes,
+the stored RayService carries the platform config, the RayService's head/worker pod templates are valid Pods that
+land on the GPU node, and the controller's ServiceAccount can reach its own RayService and nothing else.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def deployments_available(cluster: Cluster, namespace: str) -> dict[str, tuple[i
     return {d["metadata"]["name"]: (d["spec"]["replicas"], d["status"].get("availableReplicas", 0)) for d in items}
 
 
-def provision_volumes(cluster: Cluster, n: int = 2) -> None:
-    """Pre-provisioned volumes for the release's claims (model cache, MLflow store)."""
+def provision_volumes(cluster: Cluster, n: int = 3) -> None:
+    """Pre-provisioned volumes for the release's claims (model cache, MLflow store, Redis AOF directory)."""
     for _ in range(n):
         cluster.create_pv(f"pv-{next(_pv_counter)}")
 
@@ -106,8 +106,10 @@ def release_ns(kubelet: Cluster, namespace: str) -> Iterator[str]:
 def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: str) -> None:
     ns = release_ns
     monitoring = [f"monitoring.{m}.enabled=true" for m in ("serviceMonitor", "prometheusRule", "grafanaDashboard")]
-    out = install(kubelet, ns, *values(preset), *(a for m in monitoring for a in ("--set", m)))
+    out = install(kubelet, ns, *values(preset), *(a for m in monitoring for a in ("--set", m)),
+                  "--set", "secrets.adminKey.value=test-admin-credential")
     assert "STATUS: deployed" in out
+    assert "serving keys create --tenant" in out and "WARNING: no admin key Secret" not in out  # NOTES
     docs = manifest(kubelet, ns)
 
     # every Deployment of the release rolled out (real deployment/replicaset controllers, pods Ready)
@@ -115,9 +117,16 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
     assert sorted(deps) == names(docs, "Deployment")
     assert all(avail == want >= 1 for want, avail in deps.values()), deps
     # claims bound by the real persistentvolume-binder (helm --wait waited for that too)
-    for claim in names(docs, "PersistentVolumeClaim"):
+    claims = names(docs, "PersistentVolumeClaim")
+    assert f"{RELEASE}-redis" in claims, claims  # Redis keeps the API keys: AOF on its own volume
+    for claim in claims:
         pvc = kubelet.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
         assert pvc["status"]["phase"] == "Bound", pvc["status"]
+    redis = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{RELEASE}-redis")["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": f"{RELEASE}-redis"}} in redis["volumes"]
+    # the admin credential: a Secret the API server admitted, referenced (not inlined) by the Ray pods
+    secret = kubelet.get(f"/api/v1/namespaces/{ns}/secrets/{RELEASE}-admin")
+    assert set(secret["data"]) == {"admin-key"}
     # the gateway Service has endpoints only once Ray pods serve it (no KubeRay here): it exists and selects them
     for svc in names(docs, "Service"):
         assert kubelet.get(f"/api/v1/namespaces/{ns}/services/{svc}")["spec"]["clusterIP"]
@@ -133,11 +142,16 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
     rs = rayservice(kubelet, ns)
     [rendered] = [d for d in docs if d["kind"] == "RayService"]
     assert rs["spec"] == rendered["spec"]
-    # it carries the preset's platform config, and that parses as one
+    # it carries the preset's platform config, and that parses as one (API keys on: the gateway is on 0.0.0.0)
     app = serve_app(rs)
     expected = yaml.safe_load((CHART / preset).read_text())["platform"]
     assert app["args"]["config"] == expected
     cfg = parse_config(app["args"]["config"])
+    assert cfg.policies.auth.enabled
+    head_env = {e["name"]: e for e in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert head_env["SERVING_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-admin",
+                                                                          "key": "admin-key"}
     engine_apps = {a["args"]["name"]: a for a in serve_apps(rs).values() if a["import_path"].endswith("engine_builder")}
     assert set(engine_apps) == set(cfg.engines)
     assert {a["deployments"][0]["name"] for a in engine_apps.values()} == {f"engine-{e}" for e in cfg.engines}
@@ -228,7 +242,7 @@ def test_uninstall_keeps_the_model_cache(kubelet: Cluster, release_ns: str) -> N
     assert len(cache) == 1, claims
     helm_ok(kubelet, "uninstall", RELEASE, "-n", ns, "--wait", "--timeout", TIMEOUT)
     left = {p["metadata"]["name"] for p in kubelet.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]}
-    assert left == set(cache)  # helm.sh/resource-policy: keep; the MLflow store claim went with the release
+    assert left == set(cache)  # helm.sh/resource-policy: keep; the MLflow and Redis claims went with the release
     assert kubelet.get(f"/apis/ray.io/v1/namespaces/{ns}/rayservices")["items"] == []
     assert kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments")["items"] == []
 
@@ -258,6 +272,7 @@ def test_controller_service_account_can_patch_its_rayservice_only(kubelet: Clust
     assert not can("list", "rayservices", group="ray.io")  # unnamed list would reveal other RayServices
     assert not can("patch", "rayservices", group="ray.io", name=rs_name, namespace="default")
     assert not can("get", "secrets", name="serving-cloud-api-keys")
+    assert not can("get", "secrets", name="serving-admin")
     assert not can("patch", "deployments", group="apps")
     assert not can("create", "pods")
     assert not can("patch", "rayservices/status", group="ray.io", name=rs_name)

@@ -459,6 +459,7 @@ async def test_cache_serves_deterministic_requests_per_tenant(env):
     await e.settle()
     second = await e.b.chat(key, temperature=0)
     assert second.headers["x-serving-cache"] == "hit"
+    assert second.headers["x-serving-model"] == "small"  # the version that produced the cached answer
     assert second.json()["choices"] == first.json()["choices"]
     assert len(e.small.calls) == 1
     assert (await e.a.chat(other, temperature=0)).headers["x-serving-cache"] == "miss"  # per tenant

@@ -47,9 +47,12 @@ class Evaluator:
         self.accuracy: dict[str, float] = {}
         self.errors: dict[str, int] = {}
         self.calls: list[str] = []
+        self.headers: list[dict[str, str] | None] = []
 
-    def __call__(self, url: str, group: str, engine: str, tasks: list, max_tokens: int = 64) -> EvalResult:
+    def __call__(self, url: str, group: str, engine: str, tasks: list, max_tokens: int = 64,
+                 headers: dict[str, str] | None = None) -> EvalResult:
         self.calls.append(engine)
+        self.headers.append(headers)
         n = len(tasks)
         return EvalResult(engine, tasks=n, correct=round(self.accuracy.get(engine, 0.5) * n),
                           errors=self.errors.get(engine, 0), error_samples=["t1: HTTP 500"] * bool(self.errors))
@@ -92,6 +95,7 @@ def test_canary_promotes_step_by_step(world) -> None:
     ctl.tick()  # ready -> evaluating
     ctl.tick()  # eval passes -> step 0
     assert evaluator.calls == ["chat-v1"]
+    assert evaluator.headers == [{"cache-control": "no-cache"}]  # an eval never reads the response cache
     assert weights(applier) == {"chat-v1": 10.0, "base": 90.0}
     assert plan.group_config(applier.config, GROUP).sticky
     for step, share in enumerate([10.0, 50.0, 100.0]):
@@ -255,3 +259,9 @@ def test_removing_the_challenger_alias_aborts(world) -> None:
     ctl.tick()
     assert registry.version("chat", v).rollout_tags["reason"] == "challenger alias removed"
     assert weights(applier) == {"base": 1.0, "chat-v1": 0.0}
+
+
+def test_evaluations_send_the_controllers_gateway_key(world):
+    ctl, registry, applier, metrics, _, _ = world()
+    ctl = RolloutController(registry, applier, metrics, "http://gw", gateway_api_key="sk-serving-x")
+    assert ctl.eval_headers == {"cache-control": "no-cache", "authorization": "Bearer sk-serving-x"}

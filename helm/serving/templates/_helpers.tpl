@@ -94,8 +94,20 @@ serving.dev/platform-client: "true"
 {{- default (printf "%s-cloud-api-keys" (include "serving.fullname" .)) .Values.secrets.cloudApiKeys.existingSecret }}
 {{- end }}
 
-{{- define "serving.gatewaySecretName" -}}
-{{- default (printf "%s-gateway-api-keys" (include "serving.fullname" .)) .Values.secrets.gatewayApiKeys.existingSecret }}
+{{- define "serving.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "serving.fullname" .)) .Values.secrets.adminKey.existingSecret }}
+{{- end }}
+
+{{/* Whether an admin credential Secret is configured (existing, or created from secrets.adminKey.value). */}}
+{{- define "serving.adminKeyConfigured" -}}
+{{- if or .Values.secrets.adminKey.existingSecret .Values.secrets.adminKey.value }}true{{ end }}
+{{- end }}
+
+{{/* The variable the gateway reads the admin credential from: platform.policies.auth.admin_key_env. */}}
+{{- define "serving.adminKeyEnv" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- $auth := (default dict (default dict $platform.policies).auth) -}}
+{{- default "SERVING_ADMIN_KEY" $auth.admin_key_env -}}
 {{- end }}
 
 {{- define "serving.redisUrl" -}}
@@ -114,7 +126,7 @@ serving.dev/platform-client: "true"
 {{- end -}}
 {{- end }}
 
-{{/* Environment of Ray pods and the controller: Redis, MLflow, cloud and gateway API keys (from Secrets). */}}
+{{/* Environment of the Ray pods: Redis, MLflow, cloud API keys and the gateway's admin credential (Secrets). */}}
 {{- define "serving.platformEnv" -}}
 {{- with include "serving.redisUrl" . }}
 - name: REDIS_URL
@@ -135,12 +147,12 @@ serving.dev/platform-client: "true"
       optional: true
 {{- end }}
 {{- end }}
-{{- if or .Values.secrets.gatewayApiKeys.existingSecret .Values.secrets.gatewayApiKeys.values }}
-- name: SERVING_API_KEYS
+{{- if include "serving.adminKeyConfigured" . }}
+- name: {{ include "serving.adminKeyEnv" . }}
   valueFrom:
     secretKeyRef:
-      name: {{ include "serving.gatewaySecretName" . }}
-      key: {{ .Values.secrets.gatewayApiKeys.key }}
+      name: {{ include "serving.adminSecretName" . }}
+      key: {{ .Values.secrets.adminKey.key | quote }}
 {{- end }}
 {{- end }}
 
@@ -253,4 +265,11 @@ policy/v1
 {{- else -}}
 policy/v1beta1
 {{- end -}}
+{{- end }}
+
+{{/* The env var of the controller's gateway API key: platform.rollout.gateway_api_key_env (default SERVING_ROLLOUT_API_KEY). */}}
+{{- define "serving.rolloutApiKeyEnv" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- $rollout := default dict $platform.rollout -}}
+{{- default "SERVING_ROLLOUT_API_KEY" $rollout.gateway_api_key_env -}}
 {{- end }}
