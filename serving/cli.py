@@ -135,8 +135,26 @@ def _wait_ready(cfg: PlatformConfig, timeout_s: float) -> None:
         time.sleep(2)
 
 
+def policy_problems(cfg: PlatformConfig) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about the policy layer's environment here: Redis URL and admin credential."""
+    pol, env = cfg.policies, {**os.environ, **cfg.ray.env}
+    errors, warnings = [], []
+    has_redis = bool(pol.redis.url or env.get(pol.redis.url_env))
+    if pol.needs_redis and not has_redis:
+        errors.append(f"policies need Redis (API keys, limits or the cache are on): set policies.redis.url or "
+                      f"{pol.redis.url_env}")
+    if pol.auth.enabled and not env.get(pol.auth.admin_key_env):
+        warnings.append(f"{pol.auth.admin_key_env} is not set: the admin API is off, so no API key can be created")
+    return errors, warnings
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    errors, warnings = policy_problems(cfg)
+    for w in warnings:
+        _say(f"warning: {w}")
+    if errors:
+        raise SystemExit("[serving] " + "; ".join(errors))
     # Serve reads its feature flags at import time, in this driver as in the cluster's processes.
     os.environ.update(cfg.ray.cluster_env())
     from serving import serve_deploy
@@ -286,6 +304,9 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
             if provider is not None and not os.environ.get(provider.key_env):
                 print(f"  warning: tier {name}: {provider.key_env} is not set here; the gateway skips the tier "
                       "unless its environment has it", file=sys.stderr)
+        errors, warnings = policy_problems(cfg)
+        for problem in [*errors, *warnings]:
+            print(f"  warning: {problem} (here; the gateway's environment may have it)", file=sys.stderr)
     return 0 if ok else 1
 
 

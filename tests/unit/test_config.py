@@ -230,6 +230,8 @@ def test_missing_and_empty_files(tmp_path: Path):
 def test_cli_validate_good_files(capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6390/0")
+    monkeypatch.setenv("SERVING_ADMIN_KEY", "admin-test")
     assert main(["config", "validate", str(LOCAL), str(GPU)]) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
@@ -247,6 +249,23 @@ def test_cli_validate_warns_about_missing_api_keys(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "tier gpt-4o-mini: OPENAI_API_KEY is not set" in err
     assert "ANTHROPIC_API_KEY" not in err
+
+
+def test_cli_validate_warns_about_the_policy_environment(capsys, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("SERVING_ADMIN_KEY", raising=False)
+    assert main(["config", "validate", str(GPU)]) == 0  # the gateway's environment may differ from this shell's
+    err = capsys.readouterr().err
+    assert "policies need Redis" in err and "REDIS_URL" in err
+    assert "SERVING_ADMIN_KEY is not set: the admin API is off" in err
+    assert main(["config", "validate", str(LOCAL)]) == 0  # keys off, no Redis needed
+    assert "policies" not in capsys.readouterr().err
+
+
+def test_up_refuses_policies_without_redis(monkeypatch, tmp_path):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(SystemExit, match="policies need Redis"):
+        main(["up", "--config", str(GPU)])
 
 
 def test_cli_validate_bad_file(tmp_path: Path, capsys):
