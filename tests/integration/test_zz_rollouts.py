@@ -170,6 +170,17 @@ def group_engines(http: httpx.Client, prefix: str) -> set[str]:
     return {e for e in engines if e.startswith(prefix)}
 
 
+def settled_engines(http: httpx.Client, prefix: str, expected: set[str], timeout_s: float = 30) -> set[str]:
+    """The group's engines once the gateway shows `expected` (Serve applies the final config asynchronously after
+    the controller tags the end state), or what it shows at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        engines = group_engines(http, prefix)
+        if engines == expected or time.monotonic() > deadline:
+            return engines
+        time.sleep(0.5)
+
+
 def gateway_requests(http: httpx.Client) -> float:
     return metric_value(metric_samples(http.get("/metrics").text), "serving_requests_total")
 
@@ -205,7 +216,7 @@ def test_canary_promotes_under_load_and_survives_a_controller_restart(
     assert registry.aliases(model) == {CHAMPION: challenger}
     assert registry.version(model, champion).rollout_tags["state"] == "retired"
     assert peak_engines == {TINY_ENGINE, name}
-    assert group_engines(http, "tiny") == {name}  # the old engine is retired
+    assert settled_engines(http, "tiny", {name}) == {name}  # the old engine is retired
     assert gateway_requests(http) > before_requests  # the gateway's counters never reset: no restart
     resp = http.post("/v1/chat/completions", json={"model": model, "messages": FRANCE, "max_tokens": 4})
     assert resp.status_code == 200 and resp.headers["x-serving-model"] == name
@@ -241,7 +252,7 @@ def test_challenger_failing_quality_gates_is_rolled_back_under_load(
     assert t_back - t_canary < 120
     assert registry.aliases(model)[CHAMPION] != challenger
     assert engines_seen == {SMOL_ENGINE, f"{model}-v{challenger}"}
-    assert group_engines(http, "smol") == {SMOL_ENGINE}  # challenger removed after the drain
+    assert settled_engines(http, "smol", {SMOL_ENGINE}) == {SMOL_ENGINE}  # challenger removed after the drain
     samples = metric_samples(http.get("/metrics").text)
     assert metric_value(samples, "serving_engine_answers_total", engine=f"{model}-v{challenger}",
                         outcome="gate_fail") > 0
