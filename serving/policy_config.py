@@ -92,12 +92,22 @@ class AnomalyConfig(_Strict):
     throttle_s: float = Field(300.0, gt=0, description="How long a throttle lasts after the last anomaly.")
 
 
+class SemanticCacheConfig(_Strict):
+    """On an exact miss, answer from the cached answer of a similar prompt (all-MiniLM-L6-v2 embeddings)."""
+
+    enabled: bool = Field(False, description="Needs the `semantic` extra; a similar prompt is not the same prompt.")
+    threshold: float = Field(0.95, gt=0, le=1, description="Minimum cosine similarity of the prompts.")
+    max_entries: int = Field(1000, ge=1, description="Newest prompts kept per bucket (tenant + other fields).")
+    refresh_s: float = Field(2.0, ge=0, description="How stale a replica's copy of a bucket may get.")
+
+
 class CacheConfig(_Strict):
     """Exact-match response cache for deterministic requests (temperature 0 or a seed), per tenant."""
 
     enabled: bool = False
     ttl_s: int = Field(300, ge=1)
     max_entry_bytes: int = Field(256 * 1024, ge=1024, description="Larger answers are not cached.")
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
 
 
 class AuditConfig(_Strict):

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.api.server import build_api
+from serving.api.server import build_api, freeze_heap
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.engines.ray_handle import RayLLMEngine
 from serving.engines.ray_llm import deployment_name
@@ -49,6 +49,7 @@ class GatewayDeployment:
         self._engine_apps: dict[str, str] = {}
         # Ray Serve's HTTP proxy (or its direct-ingress server) already returns x-request-id.
         self._app = build_api(self._router, self._settings, add_request_id=False)
+        freeze_heap()
 
     def _engines(self, apps: dict[str, str]) -> dict[str, RayLLMEngine]:
         """Engine objects for `engine -> Serve app`, keeping the ones already held (and their handles)."""

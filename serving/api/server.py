@@ -7,6 +7,7 @@ Serve ingress deployment (engines are DeploymentHandles) and in unit tests (engi
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -270,9 +271,9 @@ class Gateway:
 
     def _cached(self, ctx: RequestContext, cached: str, name: str, endpoint: str, parsed: ParsedRequest) -> Response:
         """A cache hit, as JSON or replayed as SSE."""
-        ctx.details = {"model_group" if name in self.router.groups else "route": name}
+        ctx.details = {"model_group" if name in self.router.groups else "route": name, **ctx.details}
         body = json.loads(cached)
-        headers = {**ctx.headers, "x-serving-cache": "hit", "x-serving-model": str(body.get("model") or "")}
+        headers = {**ctx.headers, "x-serving-cache": ctx.cache, "x-serving-model": str(body.get("model") or "")}
         self._record(name, "cache", endpoint, 200, ctx.start)
         if not parsed.stream:
             return Response(cached, media_type="application/json", headers=headers)
@@ -412,6 +413,14 @@ class Gateway:
         groups = self.router.groups.values()
         ok = all(any(states.get(e.name) == "ready" for e in g.engines) for g in groups) if groups else False
         return ok, states
+
+
+def freeze_heap() -> None:
+    """Move everything alive after start-up (Ray, vLLM's protocol models, torch: ~750k objects) out of the garbage
+    collector's reach, so a full collection no longer stalls requests for ~0.4 s (measured in benchmarks/policy.py:
+    p99 at c=32 from ~560 to ~76 ms)."""
+    gc.collect()
+    gc.freeze()
 
 
 def build_api(

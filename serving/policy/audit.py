@@ -1,52 +1,67 @@
-"""The audit log: one JSON line per request, written off the event loop (a logging queue and its own thread).
+"""The audit log: one JSON line per request, written off the event loop by a writer thread.
 
 Lines carry who sent the request, the route, the tiers tried with their gate results, the model versions that
 answered, tokens, cost, latency and the cache outcome; never an API key, and prompt text only for tenants that
 opt in (`tenants.<t>.audit_prompts`).
+
+The request path only encodes the line and puts it on a queue. The writer thread writes lines as they come and
+flushes at most every `FLUSH_S` (and when idle): a flush per line cost more than the rest of the audit (profiled
+with benchmarks/policy.py), so a crash can lose up to the last half second of lines.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import logging.handlers
 import queue
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 from serving.policy_config import AuditConfig
 
-AUDIT_LOGGER = "serving.audit"
+FLUSH_S = 0.5
+_STOP = object()
 
 
 class AuditLog:
-    """Writes audit records as JSON lines to a file or the `serving.audit` logger's stream (stderr)."""
+    """Writes audit records as JSON lines to `cfg.path` (appended) or to stderr (the replica's log)."""
 
     def __init__(self, cfg: AuditConfig):
         self.cfg = cfg
-        self.logger = logging.getLogger(f"{AUDIT_LOGGER}.{id(self):x}")
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False
-        target: logging.Handler = (logging.FileHandler(cfg.path, encoding="utf-8") if cfg.path
-                                   else logging.StreamHandler(sys.stderr))
-        target.setFormatter(logging.Formatter("%(message)s"))
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self.logger.addHandler(logging.handlers.QueueHandler(self._queue))
-        self._listener = logging.handlers.QueueListener(self._queue, target)
-        self._target = target
-        self._listener.start()
+        self._stream: TextIO = open(cfg.path, "a", encoding="utf-8", buffering=1 << 16) if cfg.path else sys.stderr  # noqa: SIM115
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="serving-audit", daemon=True)
+        self._thread.start()
         self._open = True
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.cfg.enabled:
-            self.logger.info(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str))
+        if self.cfg.enabled and self._open:
+            self._queue.put(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str))
+
+    def _run(self) -> None:
+        pending, last = False, time.monotonic()
+        while True:
+            try:
+                line = self._queue.get(timeout=FLUSH_S)
+            except queue.Empty:
+                line = None
+            if line is _STOP:
+                self._stream.flush()
+                return
+            if line is not None:
+                self._stream.write(line + "\n")
+                pending = True
+            if pending and (line is None or time.monotonic() - last >= FLUSH_S):
+                self._stream.flush()
+                pending, last = False, time.monotonic()
 
     def close(self) -> None:
-        """Flush pending lines and release the file (idempotent)."""
+        """Write what is queued, flush, and release the file (idempotent)."""
         if not self._open:
             return
         self._open = False
-        self._listener.stop()
-        self._target.close()
-        for h in list(self.logger.handlers):
-            self.logger.removeHandler(h)
+        self._queue.put(_STOP)
+        self._thread.join(timeout=5)
+        if self._stream is not sys.stderr:
+            self._stream.close()

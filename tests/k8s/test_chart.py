@@ -712,6 +712,9 @@ def test_dockerfile_gpu_structure() -> None:
     assert args.get("RAY_VERSION") == ray
     assert re.search(r'ray\[serve\]==\$\{RAY_VERSION\}', text)
     assert re.search(r"pip install [^\n]*--no-deps \.", text), "the project is not installed"
+    # its runtime dependencies come from pyproject itself (a hand-written list drifted once: no redis, no openai)
+    assert "tomllib.load(open('pyproject.toml'" in text and "['project']['dependencies']" in text
+    assert re.search(r"pip install -c constraints.txt -r /tmp/requirements.txt", text)
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert users[-1].split(":")[0] == "1000"

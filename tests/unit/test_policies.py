@@ -480,6 +480,31 @@ async def test_cache_serves_deterministic_requests_per_tenant(env):
     assert metric(m, "serving_cache_requests_total", result="hit") >= 1
 
 
+async def test_semantic_cache_answers_a_paraphrase_only(env):
+    e = env(policies={"cache": {"enabled": True, "semantic": {"enabled": True, "threshold": 0.9}}})
+    key, other = await e.a.new_key("acme"), await e.a.new_key("beta")
+
+    def ask(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": text}]
+
+    first = await e.a.chat(key, temperature=0, messages=ask("What is the capital of France?"))
+    assert first.headers["x-serving-cache"] == "miss"
+    await e.settle()
+    para = await e.b.chat(key, temperature=0, messages=ask("Which city is the capital of France?"))
+    assert para.headers["x-serving-cache"] == "semantic_hit"  # similarity 0.94 >= 0.9, across replicas
+    assert para.json()["choices"] == first.json()["choices"]
+    assert len(e.small.calls) == 1
+    para_text = "Which city is the capital of France?"
+    for resp in (await e.a.chat(key, temperature=0, messages=ask("How do I bake bread?")),  # not similar
+                 await e.a.chat(other, temperature=0, messages=ask(para_text)),  # another tenant
+                 await e.a.chat(key, temperature=0, max_tokens=5, messages=ask(para_text))):  # another bucket
+        assert resp.headers["x-serving-cache"] == "miss"
+    assert len(e.small.calls) == 4
+    m = await e.a.metrics()
+    assert metric(m, "serving_cache_requests_total", result="semantic_hit") == 0  # replica a served none
+    assert metric(await e.b.metrics(), "serving_cache_requests_total", result="semantic_hit") == 1
+
+
 # ------------------------------------------------------------------------------------------------------ PII
 
 SECRET_PROMPT = ("Email jane.doe@example.com or call +1 415 555 0132 about card 4111 1111 1111 1111, "
@@ -502,6 +527,7 @@ async def test_pii_is_redacted_before_a_cloud_tier(env, tmp_path, padding):
     assert metric(m, "serving_pii_detections_total", route="private", direction="prompt", kind="card",
                   action="redacted") == 1
     await e.settle()
+    e.a.gw.policy.audit.close()  # writes what is queued (the writer flushes every 0.5 s otherwise)
     line = [x for x in audit_lines(tmp_path) if x.get("route") == "private"][-1]
     assert line["pii"]["email"] == 1
     assert "jane.doe" not in json.dumps(line) and "4111" not in json.dumps(line)
@@ -593,3 +619,22 @@ def test_policies_without_redis_fail_at_start(monkeypatch):
     app = build_api(GroupRouter({}, {}), GatewayConfig())
     with pytest.raises(PolicySetupError, match="REDIS_URL"):
         app.state.gateway.update_policies(cfg.policies, cfg.tenants)
+
+
+def test_audit_lines_reach_the_file_within_a_second_without_close(tmp_path):
+    import time
+
+    from serving.policy.audit import AuditLog
+    from serving.policy_config import AuditConfig
+
+    log = AuditLog(AuditConfig(path=str(tmp_path / "a.jsonl")))
+    try:
+        log.write({"request_id": "r1", "status": 200})
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not (tmp_path / "a.jsonl").read_text():
+            time.sleep(0.05)
+        assert json.loads((tmp_path / "a.jsonl").read_text()) == {"request_id": "r1", "status": 200}
+    finally:
+        log.close()
+    log.close()  # idempotent
+    log.write({"late": True})  # after close: dropped, no error
