@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.stats import pct
 from models.evals import Task, check, is_json, load_tasks, matches_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,15 +65,6 @@ OVERHEAD_MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 def log(msg: str) -> None:
     print(f"[cascade] {msg}", flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def auroc(pos: list[float], neg: list[float]) -> float | None:

@@ -39,6 +39,10 @@ from typing import Any
 import httpx
 import psutil
 
+if __package__ in (None, ""):  # run as a script (`python benchmarks/overhead.py`): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.stats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PY = sys.executable
@@ -47,15 +51,6 @@ WORDS = "the of and to in is was for on that with as by at from his her an were 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 @dataclass

@@ -66,6 +66,7 @@ from typing import Any, TypeVar
 
 from benchmarks.fake_upstream import ANSWER
 from benchmarks.gateway_standalone import BUILDER_ENV, CONFIG_ENV, build_gateway, build_gateway_with_key
+from benchmarks.stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -564,15 +565,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)  # type: ignore[no-any-return]
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:

@@ -265,3 +265,19 @@ class FakeEngine:
             usage=self._usage(n * len(tokens)),
         )
         return CompletionResponse(**resp.model_dump())
+
+
+async def scrape(http: Any, path: str = "/metrics") -> dict[str, list[Any]]:
+    """GET the Prometheus exposition at `path` -> {sample name: [samples]}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families((await http.get(path)).text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def metric(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels` (0 when none)."""
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))

@@ -16,14 +16,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from serving.api.server import build_api
 from serving.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, PlatformConfig, parse_config
 from serving.policy.keys import KEY_PREFIX
 from serving.policy.layer import PolicySetupError
 from serving.routing.groups import GroupRouter
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, metric, scrape
 from tests.redis_server import RedisServer
 
 ADMIN = "admin-secret-for-tests-0123456789"
@@ -94,22 +93,13 @@ class Replica:
         return resp.json()["key"]
 
     async def metrics(self) -> dict[str, list[Any]]:
-        text = (await self.http.get("/metrics")).text
-        out: dict[str, list[Any]] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out.setdefault(s.name, []).append(s)
-        return out
+        return await scrape(self.http)
 
     async def close(self) -> None:
         await self.gw.policy.drain()
         await self.http.aclose()
         if self.gw.policy.audit is not None:
             self.gw.policy.audit.close()
-
-
-def metric(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
-    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 class Env:
@@ -638,3 +628,12 @@ def test_audit_lines_reach_the_file_within_a_second_without_close(tmp_path):
         log.close()
     log.close()  # idempotent
     log.write({"late": True})  # after close: dropped, no error
+
+
+def test_policy_benchmark_configs_are_valid():
+    from benchmarks.policy import BenchEnv, gateway_config, policies_config
+
+    env = BenchEnv("http://127.0.0.1:9/v1", "redis://127.0.0.1:9/0")
+    off, on = parse_config(gateway_config(env)), parse_config(policies_config(env))
+    assert not off.policies.auth.enabled and off.policies.injection == "off" and not off.policies.audit.enabled
+    assert on.policies.auth.enabled and on.policies.limits.any and on.routes["bench"].pii.action == "redact"
