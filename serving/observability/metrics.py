@@ -99,7 +99,10 @@ class GatewayMetrics:
             "refusal code (rate_limit_exceeded, budget_exceeded, kill_switch, invalid_api_key, ...).",
             ["tenant", "decision"], registry=r,
         )
-        self.redis_up = Gauge("serving_policy_redis_up", "1 while the policy store (Redis) answers.", registry=r)
+        self.redis_up = Gauge(
+            "serving_policy_redis_up", "1 while the policy store (Redis) answers, 0 while it does not; no series "
+            "when no store is configured.", ["store"], registry=r,
+        )
         self.redis_errors = Counter(
             "serving_policy_redis_errors", "Policy-store operations that failed because Redis was unreachable.",
             ["operation"], registry=r,

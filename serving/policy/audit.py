@@ -25,11 +25,14 @@ _STOP = object()
 
 
 class AuditLog:
-    """Writes audit records as JSON lines to `cfg.path` (appended) or to stderr (the replica's log)."""
+    """Writes audit records as JSON lines to `cfg.path` (appended) or to the process's stderr."""
 
     def __init__(self, cfg: AuditConfig):
         self.cfg = cfg
-        self._stream: TextIO = open(cfg.path, "a", encoding="utf-8", buffering=1 << 16) if cfg.path else sys.stderr  # noqa: SIM115
+        # The process's own stderr: inside a Ray Serve replica `sys.stderr` is replaced by a stream into Serve's
+        # logger (each line re-formatted and buffered there); sys.__stderr__ is fd 2, Ray's worker-*.err file.
+        stderr = sys.__stderr__ or sys.stderr
+        self._stream: TextIO = open(cfg.path, "a", encoding="utf-8", buffering=1 << 16) if cfg.path else stderr  # noqa: SIM115
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="serving-audit", daemon=True)
         self._thread.start()
@@ -63,5 +66,5 @@ class AuditLog:
         self._open = False
         self._queue.put(_STOP)
         self._thread.join(timeout=5)
-        if self._stream is not sys.stderr:
+        if self.cfg.path:
             self._stream.close()

@@ -8,6 +8,7 @@ Redis configured (the local default: no API keys, no limits), admission is a few
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -173,10 +174,14 @@ class PolicyLayer:
             self.audit = AuditLog(cfg.audit)
         self.cfg, self.tenants = cfg, dict(tenants)
         self._keys.clear()
-        self.metrics.redis_up.set(1 if self.store is not None else 0)
+        if self.store is not None:
+            self.metrics.redis_up.labels("redis").set(1)
+        else:
+            with contextlib.suppress(KeyError):
+                self.metrics.redis_up.remove("redis")
 
     def _redis_health(self, up: bool) -> None:
-        self.metrics.redis_up.set(1 if up else 0)
+        self.metrics.redis_up.labels("redis").set(1 if up else 0)
 
     def tenant_label(self, tenant: str) -> str:
         """Tenants as a metrics label: configured names and `default`; any other name folds to `other`."""

@@ -637,3 +637,11 @@ def test_policy_benchmark_configs_are_valid():
     off, on = parse_config(gateway_config(env)), parse_config(policies_config(env))
     assert not off.policies.auth.enabled and off.policies.injection == "off" and not off.policies.audit.enabled
     assert on.policies.auth.enabled and on.policies.limits.any and on.routes["bench"].pii.action == "redact"
+
+
+async def test_no_store_no_redis_health_series():
+    """The local default (keys off, no Redis) must not look like a Redis outage to the alert on redis_up == 0."""
+    app = build_api(GroupRouter({}, {}), GatewayConfig())
+    app.state.gateway.update_policies(parse_config(yaml.safe_load(DEFAULT_CONFIG.read_text())).policies, {})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        assert "serving_policy_redis_up" not in await scrape(http)
