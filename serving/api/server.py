@@ -207,7 +207,7 @@ class Gateway:
             raise
         try:
             self.policy.check_model(ctx, name)
-            await self.policy.admit(ctx, endpoint, parsed.request, parsed.body)
+            await self.policy.admit(ctx, endpoint, parsed.body)
         except PolicyError as exc:
             self._record(name, "", endpoint, exc.status, start)
             raise _api_error(exc) from None

@@ -239,7 +239,7 @@ class PolicyLayer:
             raise PolicyError(403, f"Tenant {ctx.tenant} is not allowed to use the model `{model}`.",
                               "model_not_allowed", param="model")
 
-    async def admit(self, ctx: RequestContext, endpoint: str, request: Any, body: dict[str, Any]) -> None:
+    async def admit(self, ctx: RequestContext, endpoint: str, body: dict[str, Any]) -> None:
         """Injection heuristics, then limits, quotas, budgets, kill switches and the runaway check in one Redis
         round trip. Raises `PolicyError` (400/401/403/429/503); sets `ctx.headers` (x-ratelimit-*)."""
         if self.cfg.injection != "off":
@@ -264,7 +264,7 @@ class PolicyLayer:
         kill = ["global", f"tenant:{ctx.tenant}", f"route:{ctx.model}"]
         if principal.key is not None:
             kill.append(f"key:{principal.key.id}")
-        est = estimate_tokens(endpoint, request) if any(s.limits.tokens_per_minute for s in scopes) else 0
+        est = estimate_tokens(endpoint, body) if any(s.limits.tokens_per_minute for s in scopes) else 0
         prefix = self.store.prefix
         active = self.store.key("key", principal.digest) if principal.digest else None
         plan = admit_plan(prefix, scopes, active_key=active, kill_fields=kill, est_tokens=est,

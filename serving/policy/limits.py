@@ -134,22 +134,22 @@ def ratelimit_headers(rl: Any) -> dict[str, str]:
     return out
 
 
-def estimate_tokens(endpoint: str, body: Any) -> int:
-    """A cheap upper-ish estimate of a request's tokens (prompt chars / 4 + max_tokens), for tokens-per-minute
-    admission; corrected with the actual usage when the answer is done."""
+def estimate_tokens(endpoint: str, body: dict[str, Any]) -> int:
+    """A cheap upper-ish estimate of a request's tokens (prompt chars / 4 + max tokens), from its JSON body, for
+    tokens-per-minute admission; corrected with the actual usage when the answer is done."""
     chars = 0
     if endpoint == "chat":
-        for m in getattr(body, "messages", None) or ():
-            content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        for m in body.get("messages") or ():
+            content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str):
                 chars += len(content)
             elif isinstance(content, list):
                 chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
     else:
-        prompt = getattr(body, "prompt", None)
+        prompt = body.get("prompt")
         if isinstance(prompt, str):
             chars = len(prompt)
         elif isinstance(prompt, list):
             chars = sum(len(p) if isinstance(p, str) else 1 for p in prompt)
-    max_tokens = getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None) or 0
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
     return chars // 4 + 1 + int(max_tokens)
