@@ -33,7 +33,7 @@ def build_gateway(config: dict[str, Any]) -> Any:
     cfg = parse_config(config)
     app = build_api(GroupRouter({}, {}), cfg.gateway)
     app.state.gateway.update_routing(cfg.providers, cfg.tiers, cfg.routes, cfg.tenants)
-    app.state.gateway.update_policies(cfg.policies, cfg.tenants)
+    app.state.gateway.update_policies(cfg.policies)
     freeze_heap()
     return app
 

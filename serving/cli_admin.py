@@ -118,43 +118,32 @@ def cmd_usage(args: argparse.Namespace) -> None:
 def add_parsers(sub: Any) -> None:
     """Register `keys`, `kill` and `usage` on the `serving` parser."""
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def command(parent: Any, name: str, help_: str, func: Any, *positional: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_)
+        for arg in positional:
+            p.add_argument(arg)
         p.add_argument("--config", help="platform config (gateway URL, admin credential variable)")
         p.add_argument("--url", help="gateway base URL (default: from the config)")
+        p.set_defaults(func=func)
+        return p
 
     keys = sub.add_parser("keys", help="gateway API keys (admin API)").add_subparsers(dest="keys_cmd", required=True)
-    create = keys.add_parser("create", help="create a key for a tenant; prints it once")
+    create = command(keys, "create", "create a key for a tenant; prints it once", cmd_keys_create)
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", help="what the key is for")
     for flag, field, kind in LIMIT_FLAGS:
         create.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"key limit: {field}")
     create.add_argument("--json", action="store_true")
-    common(create)
-    create.set_defaults(func=cmd_keys_create)
-    lst = keys.add_parser("list", help="keys (never the keys themselves)")
+    lst = command(keys, "list", "keys (never the keys themselves)", cmd_keys_list)
     lst.add_argument("--tenant")
     lst.add_argument("--json", action="store_true")
-    common(lst)
-    lst.set_defaults(func=cmd_keys_list)
-    rev = keys.add_parser("revoke", help="revoke a key by id (at once, on every replica)")
-    rev.add_argument("id")
-    common(rev)
-    rev.set_defaults(func=cmd_keys_revoke)
+    command(keys, "revoke", "revoke a key by id (at once, on every replica)", cmd_keys_revoke, "id")
 
     kill = sub.add_parser("kill", help="kill switches (admin API)").add_subparsers(dest="kill_cmd", required=True)
-    for action, help_ in (("engage", "stop requests: global, tenant:<t>, route:<model> or key:<id>"),
-                          ("release", "let requests through again")):
-        k = kill.add_parser(action, help=help_)
-        k.add_argument("scope")
-        if action == "engage":
-            k.add_argument("--reason")
-        common(k)
-        k.set_defaults(func=cmd_kill)
-    kl = kill.add_parser("list", help="engaged kill switches")
-    common(kl)
-    kl.set_defaults(func=cmd_kill)
+    engage = command(kill, "engage", "stop requests: global, tenant:<t>, route:<model> or key:<id>", cmd_kill,
+                     "scope")
+    engage.add_argument("--reason")
+    command(kill, "release", "let requests through again", cmd_kill, "scope")
+    command(kill, "list", "engaged kill switches", cmd_kill)
 
-    usage = sub.add_parser("usage", help="a tenant's tokens today and spend against its limits (admin API)")
-    usage.add_argument("tenant")
-    common(usage)
-    usage.set_defaults(func=cmd_usage)
+    command(sub, "usage", "a tenant's tokens today and spend against its limits (admin API)", cmd_usage, "tenant")

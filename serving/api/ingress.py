@@ -69,7 +69,7 @@ class GatewayDeployment:
         providers, tiers, routes, tenants = routing_from_user_config(user_config)
         self._app.state.gateway.update_routing(providers, tiers, routes, tenants)
         policies = PoliciesConfig.model_validate(user_config.get("policies") or {})
-        self._app.state.gateway.update_policies(policies, tenants)
+        self._app.state.gateway.update_policies(policies)
         if routes:
             logger.info("gateway routes: %s", {n: [t.tier for t in r.tiers] for n, r in routes.items()})
         logger.info("gateway model groups: %s", {

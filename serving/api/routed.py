@@ -24,6 +24,7 @@ from serving.api.protocol import ParsedRequest
 from serving.api.streaming import DONE, SSE_HEADERS, RelayResponse, StreamRelay, disconnected, sse
 from serving.observability.metrics import GatewayMetrics
 from serving.policy.layer import PolicyLayer, RequestContext
+from serving.policy.limits import prompt_chars
 from serving.policy.pii import PIIScanner
 from serving.policy_config import PIIPolicy
 from serving.routing.cascade import Cascade, CascadeError, Outcome, StreamStart
@@ -107,7 +108,7 @@ class RoutedHandler:
                                            for t in route.config.tiers):
             return parsed.request
         scanner = self._scanner(route)
-        if _text_size(parsed.body) > PII_INLINE_BYTES:
+        if prompt_chars(parsed.body) > PII_INLINE_BYTES:
             redacted, counts = await asyncio.to_thread(scanner.redact_request, endpoint, parsed.body)
         else:
             redacted, counts = scanner.redact_request(endpoint, parsed.body)
@@ -253,23 +254,6 @@ class RoutedHandler:
 
 
 PII_INLINE_BYTES = 4096
-
-
-def _text_size(body: dict[str, Any]) -> int:
-    """Characters of prompt text in a request body (messages' string or text-part content, or the prompt)."""
-    size = 0
-    for m in body.get("messages") or ():
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            size += len(content)
-        elif isinstance(content, list):
-            size += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        size += len(prompt)
-    elif isinstance(prompt, list):
-        size += sum(len(p) for p in prompt if isinstance(p, str))
-    return size
 
 
 def _attempts(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:

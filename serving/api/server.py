@@ -145,10 +145,11 @@ class Gateway:
         """Apply new tiers, routes and tenants (from the deployment's user_config) without a restart."""
         self.tiers.update(tiers, providers)
         self.routes.update(routes, tenants)
+        self.policy.set_tenants(tenants)
 
-    def update_policies(self, policies: PoliciesConfig, tenants: Mapping[str, TenantConfig]) -> None:
+    def update_policies(self, policies: PoliciesConfig) -> None:
         """Apply new policies (API keys, limits, cache, audit); raises `PolicySetupError` if they cannot run."""
-        self.policy.update(policies, tenants)
+        self.policy.update(policies)
 
     async def handle(self, request: Request, endpoint: str, parse: Callable[[bytes], ParsedRequest]) -> Response:
         """Serve one OpenAI request; every request, refused or answered, is settled and audited once."""
@@ -211,13 +212,12 @@ class Gateway:
         except PolicyError as exc:
             self._record(name, "", endpoint, exc.status, start)
             raise _api_error(exc) from None
-        overrides = parsed.overrides.model_dump(exclude_none=True) if parsed.overrides else None
-        cached = await self.policy.cache_lookup(ctx, parsed.body, overrides, request.headers.get("cache-control"))
+        cached = await self.policy.cache_lookup(ctx, parsed.body, parsed.overrides,
+                                                request.headers.get("cache-control"))
         if cached is not None:
             return self._cached(ctx, cached, name, endpoint, parsed)
         if route is not None:
-            response = await self.routed.handle(request, endpoint, parsed, route, self.routes.tenant_label(tenant),
-                                                start, ctx)
+            response = await self.routed.handle(request, endpoint, parsed, route, ctx.label, start, ctx)
             return _with_headers(response, ctx.headers)
         ctx.details = {"model_group": group.name}
         engine = self.health.choose(group, engine) if not pin else (None if engine.name in self.health.down else engine)

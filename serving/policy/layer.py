@@ -26,6 +26,7 @@ from serving.policy.limits import (
     AdmitPlan,
     Scope,
     admit_plan,
+    counter_increments,
     duration,
     estimate_tokens,
     ratelimit_headers,
@@ -126,7 +127,8 @@ class StreamMeter:
 
 
 class PolicyLayer:
-    """Policies of one gateway replica, reconfigured with the platform config's `policies` and `tenants`."""
+    """Policies of one gateway replica: `update` applies the platform config's `policies`, `set_tenants` its
+    `tenants` (the gateway's one tenant table, shared with route resolution)."""
 
     def __init__(self, metrics: GatewayMetrics, tenant_header: str = "x-serving-tenant"):
         self.metrics = metrics
@@ -143,7 +145,10 @@ class PolicyLayer:
 
     # ---------------------------------------------------------------------------------------------- config
 
-    def update(self, cfg: PoliciesConfig, tenants: Mapping[str, TenantConfig]) -> None:
+    def set_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        self.tenants = dict(tenants)
+
+    def update(self, cfg: PoliciesConfig) -> None:
         """Apply new policies (reconfigure); raises `PolicySetupError` when they cannot run."""
         url = cfg.redis.url or os.environ.get(cfg.redis.url_env) or None
         if url is None and cfg.needs_redis:
@@ -172,7 +177,7 @@ class PolicyLayer:
             if self.audit is not None:
                 self.audit.close()
             self.audit = AuditLog(cfg.audit)
-        self.cfg, self.tenants = cfg, dict(tenants)
+        self.cfg = cfg
         self._keys.clear()
         if self.store is not None:
             self.metrics.redis_up.labels("redis").set(1)
@@ -184,8 +189,8 @@ class PolicyLayer:
         self.metrics.redis_up.labels("redis").set(1 if up else 0)
 
     def tenant_label(self, tenant: str) -> str:
-        """Tenants as a metrics label: configured names and `default`; any other name folds to `other`."""
-        return tenant if tenant in self.tenants or tenant == "default" else "other"
+        """Tenants as a metrics label: configured names and `default`; any other name folds to `unknown`."""
+        return tenant if tenant in self.tenants or tenant == "default" else "unknown"
 
     # -------------------------------------------------------------------------------------------- request
 
@@ -264,7 +269,7 @@ class PolicyLayer:
         kill = ["global", f"tenant:{ctx.tenant}", f"route:{ctx.model}"]
         if principal.key is not None:
             kill.append(f"key:{principal.key.id}")
-        est = estimate_tokens(endpoint, body) if any(s.limits.tokens_per_minute for s in scopes) else 0
+        est = estimate_tokens(body) if any(s.limits.tokens_per_minute for s in scopes) else 0
         prefix = self.store.prefix
         active = self.store.key("key", principal.digest) if principal.digest else None
         plan = admit_plan(prefix, scopes, active_key=active, kill_fields=kill, est_tokens=est,
@@ -335,14 +340,16 @@ class PolicyLayer:
 
     # ----------------------------------------------------------------------------------------------- cache
 
-    async def cache_lookup(self, ctx: RequestContext, body: dict[str, Any], overrides: dict[str, Any] | None,
+    async def cache_lookup(self, ctx: RequestContext, body: dict[str, Any], request_overrides: Any,
                            control: str | None) -> str | None:
-        """A cached answer (JSON text) for a deterministic request, or None (miss / bypass / off)."""
+        """A cached answer (JSON text) for a deterministic request, or None (miss / bypass / off).
+        `request_overrides`: the request's `serving` field (RequestOverrides or None), part of the key."""
         tcfg = self.tenants.get(ctx.tenant)
         if not self.cfg.cache.enabled or self.store is None or (tcfg is not None and not tcfg.cache):
             return None
         if not is_deterministic(body):
             return None
+        overrides = request_overrides.model_dump(exclude_none=True) if request_overrides is not None else None
         may_read, may_store = cache_control(control)
         ctx.cache_key = cache_key(self.store.prefix, ctx.tenant, ctx.endpoint, body, overrides)
         ctx.cache_store = may_store
@@ -418,8 +425,7 @@ class PolicyLayer:
         """Add part of a stream's usage to the counters now; a `PolicyError` if a quota or budget is used up."""
         if self.store is None or ctx.plan is None:
             return None
-        empty = AdmitPlan({}, reserved_tokens=0)
-        spec = settle_spec(empty, self.store.prefix, ctx.scopes, tokens, usd, ctx.wall)
+        spec = {"buckets": [], "counters": counter_increments(self.store.prefix, ctx.scopes, tokens, usd, ctx.wall)}
         try:
             totals = await self.store.settle(spec)
         except StoreUnavailable:
@@ -449,11 +455,9 @@ class PolicyLayer:
             return
         ctx.done = True
         if self.store is not None and ctx.plan is not None:
-            tokens = max(0, ctx.tokens - ctx.charged_tokens)
-            cost = max(0.0, ctx.cost_usd - ctx.charged_usd)
-            ctx.plan.reserved_tokens -= ctx.charged_tokens
-            spec = settle_spec(ctx.plan, self.store.prefix, ctx.scopes, tokens if ctx.cache != "hit" else 0,
-                               cost, ctx.wall)
+            spec = settle_spec(ctx.plan, self.store.prefix, ctx.scopes, used_tokens=ctx.tokens,
+                               counted_tokens=max(0, ctx.tokens - ctx.charged_tokens),
+                               cost_usd=max(0.0, ctx.cost_usd - ctx.charged_usd), now=ctx.wall)
             if spec["counters"] or any(b["delta"] for b in spec["buckets"]):
                 self._background(self._ignore_unavailable(self.store.settle(spec)))
         if self.audit is not None and self.cfg.audit.enabled:

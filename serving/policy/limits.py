@@ -90,12 +90,12 @@ def admit_plan(prefix: str, scopes: list[Scope], *, active_key: str | None, kill
     return plan
 
 
-def settle_spec(plan: AdmitPlan, prefix: str, scopes: list[Scope], tokens: int, cost_usd: float,
-                now: float) -> dict[str, Any]:
-    """The SETTLE script's spec: refund or charge the token-bucket estimate, add tokens and cost to the counters."""
-    delta = tokens - plan.reserved_tokens
+def counter_increments(prefix: str, scopes: list[Scope], tokens: int, cost_usd: float,
+                       now: float) -> list[dict[str, Any]]:
+    """SETTLE script counters adding `tokens` and `cost_usd` to every scope's calendar counters. Each names its
+    `scope` (index) and `limit` (LimitsConfig field) for the caller's comparison with the new totals."""
     counters: list[dict[str, Any]] = []
-    for i, s in enumerate(scopes):  # `scope` (index) and `limit` (LimitsConfig field) are for the caller
+    for i, s in enumerate(scopes):
         keys = counter_keys(prefix, s, now)
         if tokens:
             counters.append({"key": keys["tokens_day"], "amount": tokens, "ttl": 2 * DAY_S, "scope": i,
@@ -106,7 +106,16 @@ def settle_spec(plan: AdmitPlan, prefix: str, scopes: list[Scope], tokens: int, 
                              "limit": "usd_per_hour"})
             counters.append({"key": keys["usd_day"], "amount": usd, "float": True, "ttl": 2 * DAY_S, "scope": i,
                              "limit": "usd_per_day"})
-    return {"buckets": [{"key": k, "delta": delta} for k in plan.token_buckets], "counters": counters}
+    return counters
+
+
+def settle_spec(plan: AdmitPlan, prefix: str, scopes: list[Scope], *, used_tokens: int, counted_tokens: int,
+                cost_usd: float, now: float) -> dict[str, Any]:
+    """The SETTLE script's spec: correct the token buckets by `used_tokens` against the estimate reserved at
+    admission, and add what was not yet counted (a metered stream counted part already) to the counters."""
+    delta = used_tokens - plan.reserved_tokens
+    return {"buckets": [{"key": k, "delta": delta} for k in plan.token_buckets],
+            "counters": counter_increments(prefix, scopes, counted_tokens, cost_usd, now)}
 
 
 def duration(seconds: float) -> str:
@@ -134,22 +143,25 @@ def ratelimit_headers(rl: Any) -> dict[str, str]:
     return out
 
 
-def estimate_tokens(endpoint: str, body: dict[str, Any]) -> int:
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of prompt text in a request body: the messages' string or text-part content, or the prompt."""
+    chars = 0
+    for m in body.get("messages") or ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        chars += sum(len(p) if isinstance(p, str) else 1 for p in prompt)
+    return chars
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
     """A cheap upper-ish estimate of a request's tokens (prompt chars / 4 + max tokens), from its JSON body, for
     tokens-per-minute admission; corrected with the actual usage when the answer is done."""
-    chars = 0
-    if endpoint == "chat":
-        for m in body.get("messages") or ():
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            chars = len(prompt)
-        elif isinstance(prompt, list):
-            chars = sum(len(p) if isinstance(p, str) else 1 for p in prompt)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    return chars // 4 + 1 + int(max_tokens)
+    return prompt_chars(body) // 4 + 1 + int(max_tokens)

@@ -36,12 +36,6 @@ class RouteTable:
             table[name] = old if old is not None and old.config == cfg else Route(name, cfg, build_gates(cfg.gates))
         self.routes, self.tenants = table, dict(tenants)
 
-    def tenant_label(self, tenant: str | None) -> str:
-        """The tenant as a metrics label: configured names as they are, anything else folded."""
-        if not tenant:
-            return "default"
-        return tenant if tenant in self.tenants else "unknown"
-
     def resolve(self, model: str, tenant: str | None, requested: str | None) -> Route | None:
         """The route for this request, or None when `model` is a plain model group.
 

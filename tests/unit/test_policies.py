@@ -72,7 +72,7 @@ class Replica:
                              cloud_factory=lambda name, provider, tier: cloud)
         self.gw = self.app.state.gateway
         self.gw.update_routing(cfg.providers, cfg.tiers, cfg.routes, cfg.tenants)
-        self.gw.update_policies(cfg.policies, cfg.tenants)
+        self.gw.update_policies(cfg.policies)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://gw")
 
     async def chat(self, key: str | None, model: str = "tiny", headers: dict[str, str] | None = None,
@@ -608,7 +608,7 @@ def test_policies_without_redis_fail_at_start(monkeypatch):
     cfg = parse_config(data)
     app = build_api(GroupRouter({}, {}), GatewayConfig())
     with pytest.raises(PolicySetupError, match="REDIS_URL"):
-        app.state.gateway.update_policies(cfg.policies, cfg.tenants)
+        app.state.gateway.update_policies(cfg.policies)
 
 
 def test_audit_lines_reach_the_file_within_a_second_without_close(tmp_path):
@@ -642,6 +642,6 @@ def test_policy_benchmark_configs_are_valid():
 async def test_no_store_no_redis_health_series():
     """The local default (keys off, no Redis) must not look like a Redis outage to the alert on redis_up == 0."""
     app = build_api(GroupRouter({}, {}), GatewayConfig())
-    app.state.gateway.update_policies(parse_config(yaml.safe_load(DEFAULT_CONFIG.read_text())).policies, {})
+    app.state.gateway.update_policies(parse_config(yaml.safe_load(DEFAULT_CONFIG.read_text())).policies)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
         assert "serving_policy_redis_up" not in await scrape(http)
