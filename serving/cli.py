@@ -414,7 +414,7 @@ def cmd_rollout_controller(args: argparse.Namespace) -> int:
     import threading
 
     from serving.rollout import plan
-    from serving.rollout.analysis import GatewayScrape, PrometheusAPI
+    from serving.rollout.analysis import GatewayScrape, MetricsSource, PrometheusAPI, ReplicaScrape
     from serving.rollout.appliers import Applier, KubernetesApplier, LocalServeApplier
     from serving.rollout.controller import RolloutController
     from serving.rollout.registry import Registry, RegistryError
@@ -425,8 +425,11 @@ def cmd_rollout_controller(args: argparse.Namespace) -> int:
     applier: Applier
     if rayservice:
         namespace = args.namespace or os.environ.get("SERVING_NAMESPACE") or "default"
-        applier = KubernetesApplier(rayservice, namespace)
+        base_cm = args.serve_configmap or os.environ.get("SERVING_SERVE_CONFIGMAP") or None
+        applier = KubernetesApplier(rayservice, namespace, base_configmap=base_cm)
         where = f"RayService {namespace}/{rayservice}"
+        if base_cm:
+            where += f" (Serve config base: ConfigMap {base_cm})"
     else:
         import ray
 
@@ -443,7 +446,14 @@ def cmd_rollout_controller(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if gw.host in ("0.0.0.0", "::") else gw.host
     gateway_url = (args.gateway_url or rollout.gateway_url or os.environ.get("SERVING_GATEWAY_URL")
                    or f"http://{host}:{gw.port}{gw.route_prefix.rstrip('/')}")
-    metrics = PrometheusAPI(rollout.prometheus_url) if rollout.prometheus_url else GatewayScrape(gateway_url)
+    replicas_url = rollout.gateway_metrics_url or os.environ.get("SERVING_GATEWAY_METRICS_URL")
+    metrics: MetricsSource
+    if rollout.prometheus_url:
+        metrics, metrics_from = PrometheusAPI(rollout.prometheus_url), f"Prometheus {rollout.prometheus_url}"
+    elif replicas_url:
+        metrics, metrics_from = ReplicaScrape(replicas_url), f"every gateway replica at {replicas_url}"
+    else:
+        metrics, metrics_from = GatewayScrape(gateway_url), f"{gateway_url}/metrics"
     api_key = os.environ.get(rollout.gateway_api_key_env) or None
     if platform.policies.auth.enabled and not api_key:
         _say(f"warning: the gateway requires API keys and ${rollout.gateway_api_key_env} is empty: evaluations "
@@ -458,7 +468,7 @@ def cmd_rollout_controller(args: argparse.Namespace) -> int:
     server = ControllerServer(port, secret=secret, wake=wake.set, health=controller.health).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (stop.set(), wake.set()))
-    _say(f"rollout controller: {where}; registry {registry.uri}; gateway {gateway_url}; "
+    _say(f"rollout controller: {where}; registry {registry.uri}; gateway {gateway_url}; metrics from {metrics_from}; "
          f"managed groups: {', '.join(rollout.models) or 'none'}; /healthz"
          + (" and /webhook" if secret else "") + f" on :{server.port}; polling every {rollout.poll_interval_s:g} s")
     try:
@@ -574,10 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--rayservice", help="drive this KubeRay RayService (default: $SERVING_RAYSERVICE); else "
                                          "the local Ray cluster")
     rc.add_argument("--namespace", help="the RayService's namespace (default: $SERVING_NAMESPACE)")
+    rc.add_argument("--serve-configmap", help="own the RayService's serveConfigV2, built from this ConfigMap's "
+                                              "serveConfigV2.yaml (the chart's; default: $SERVING_SERVE_CONFIGMAP)")
     rc.add_argument("--ray-address", default="auto", help="local mode: the Ray cluster (default: auto)")
     rc.add_argument("--registry", help="MLflow URI (default: rollout.registry_uri, $MLFLOW_TRACKING_URI)")
     rc.add_argument("--gateway-url", help="gateway base URL for evals and metrics")
-    rc.add_argument("--port", type=int, help="/healthz + /webhook port (default: rollout.webhook_port)")
+    rc.add_argument("--port", type=int, help="/healthz, /metrics and /webhook port (default: rollout.webhook_port)")
     rc.add_argument("--drain-s", type=float, default=10.0, help="wait before removing an engine out of traffic")
     rc.set_defaults(func=cmd_rollout_controller)
 

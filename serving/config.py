@@ -162,6 +162,13 @@ class GatewayConfig(_Strict):
     tenant_header: str = Field(
         "x-serving-tenant", description="Request header naming the tenant (selects the tenant's routes)."
     )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description=(
+            "Each replica also serves its own /metrics on this port (one scrape target per replica: /metrics on "
+            "the Serve port reaches a random replica). The Helm chart sets it; at most one replica per node."
+        ),
+    )
 
     @field_validator("route_prefix")
     @classmethod

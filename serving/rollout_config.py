@@ -114,7 +114,12 @@ class RolloutConfig(_Strict):
         description="Env var with the gateway API key the controller's evaluations send (gateway keys on).",
     )
     prometheus_url: str | None = Field(
-        None, description="Prometheus API URL for analysis (Kubernetes); None: scrape the gateway's /metrics."
+        None, description="Prometheus API URL for analysis; None: scrape the gateway replicas themselves."
+    )
+    gateway_metrics_url: str | None = Field(
+        None, description="Per-replica metrics URL whose host resolves to every gateway replica (the chart's headless "
+        "<release>-gateway-metrics Service); default: $SERVING_GATEWAY_METRICS_URL, else <gateway_url>/metrics "
+        "(one replica)."
     )
     models: dict[str, ManagedModelConfig] = Field(default_factory=dict, description="Model group -> policy.")
 

@@ -13,6 +13,7 @@ from serving.api.server import build_api, freeze_heap
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.engines.ray_handle import RayLLMEngine
 from serving.engines.ray_llm import deployment_name
+from serving.observability.metrics import start_metrics_server
 from serving.policy_config import PoliciesConfig
 from serving.routing.groups import GroupRouter
 from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
@@ -49,6 +50,7 @@ class GatewayDeployment:
         self._engine_apps: dict[str, str] = {}
         # Ray Serve's HTTP proxy (or its direct-ingress server) already returns x-request-id.
         self._app = build_api(self._router, self._settings, add_request_id=False)
+        self._metrics_server = start_metrics_server(self._app.state.gateway.metrics, self._settings.metrics_port)
         freeze_heap()
 
     def _engines(self, apps: dict[str, str]) -> dict[str, RayLLMEngine]:

@@ -104,6 +104,10 @@ def llm_config_dict(name: str, engine: EngineConfig, model_path: str, extra_kwar
         cfg["accelerator_config"] = {"kind": "gpu"}
         if engine.gpu.accelerator_type:
             cfg["accelerator_type"] = engine.gpu.accelerator_type
+        if engine.gpu.count > 1:
+            # Tensor-parallel shards talk over NVLink/PCIe every layer: all GPUs of a replica on one node
+            # (STRICT_PACK), never spread across nodes as Ray Serve LLM's default PACK allows when a node is short.
+            cfg["placement_group_config"] = {"bundle_per_worker": {"GPU": 1}, "strategy": "STRICT_PACK"}
     return cfg
 
 

@@ -7,6 +7,9 @@ client cannot blow up the label cardinality.
 
 from __future__ import annotations
 
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -139,3 +142,53 @@ class GatewayMetrics:
         for fn in self._refresh:
             fn()
         return generate_latest(self.registry)
+
+
+logger = logging.getLogger("serving.metrics")
+
+
+class MetricsServer:
+    """`GET /metrics` of one registry on its own port, in a daemon thread: the per-replica scrape target.
+
+    Through Ray Serve's HTTP port, `/metrics` reaches whichever gateway replica the proxy picks, so counters of
+    several replicas would alternate between scrapes; this port belongs to the replica alone.
+    """
+
+    def __init__(self, metrics: GatewayMetrics, port: int, host: str = "0.0.0.0"):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:
+                logger.debug(fmt, *args)
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = metrics.render()
+                self.send_response(200)
+                self.send_header("content-type", metrics.content_type)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def start_metrics_server(metrics: GatewayMetrics, port: int | None) -> MetricsServer | None:
+    """Serve `metrics` on `port` (None: not at all). A port already taken (a second replica on the node) is logged
+    and skipped: the replica still serves, its metrics stay readable through the Serve port."""
+    if port is None:
+        return None
+    try:
+        return MetricsServer(metrics, port)
+    except OSError as exc:
+        logger.warning("gateway metrics port %d not available (%s): this replica is scraped through the Serve port "
+                       "only (run at most one gateway replica per node)", port, exc.strerror or exc)
+        return None

@@ -4,14 +4,17 @@ The gateway labels its metrics with the engine that answered, and an engine is o
 challenger and the champion are compared on the same requests window: counters are read at the start of a step
 and again at each check, and the differences are judged against `AnalysisConfig`'s limits.
 
-Sources: the gateway's own `/metrics` (local; one gateway replica) or the Prometheus HTTP API (Kubernetes; sums
+Sources: the gateway's own `/metrics` (local; one gateway replica), every gateway replica's own metrics port found
+through one DNS name (Kubernetes: the chart's headless gateway-metrics Service), or the Prometheus HTTP API (sums
 over every gateway pod).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -131,6 +134,46 @@ class GatewayScrape:
         resp = httpx.get(self.url, timeout=self.timeout_s)
         resp.raise_for_status()
         return parse_exposition(resp.text, group)
+
+
+class ReplicaScrape:
+    """Reads every gateway replica's own metrics port: the URL's host name resolves to one address per replica (a
+    headless Service), each is scraped and the counters are summed. A replica that does not answer fails the
+    snapshot (a partial sum would look like a counter reset)."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0,
+                 resolve: Callable[[str, int], list[str]] | None = None):
+        parts = urllib.parse.urlsplit(url)
+        if not parts.hostname or parts.port is None:
+            raise ValueError(f"gateway metrics URL needs a host and a port: {url!r}")
+        self.url, self.parts, self.timeout_s = url, parts, timeout_s
+        self._resolve = resolve or self._addresses
+
+    def _addresses(self, host: str, port: int) -> list[str]:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return sorted({str(info[4][0]) for info in infos})
+
+    def targets(self) -> list[str]:
+        """The URL of each replica (one per address of the host name)."""
+        p = self.parts
+        path = p.path or "/metrics"
+        out = []
+        assert p.hostname is not None and p.port is not None  # checked in __init__
+        for addr in self._resolve(p.hostname, p.port):
+            host = f"[{addr}]" if ":" in addr else addr
+            out.append(f"{p.scheme}://{host}:{p.port}{path}")
+        return out
+
+    def snapshot(self, group: str) -> Snapshot:
+        targets = self.targets()
+        if not targets:
+            raise RuntimeError(f"no gateway replica behind {self.url}")
+        snaps = []
+        for target in targets:
+            resp = httpx.get(target, timeout=self.timeout_s)
+            resp.raise_for_status()
+            snaps.append(parse_exposition(resp.text, group))
+        return merge(snaps)
 
 
 class PrometheusAPI:

@@ -160,3 +160,54 @@ def engine_spec(cfg: ServeConfig, name: str) -> EngineConfig | None:
         if app.get("import_path") == ENGINE_IMPORT_PATH and (app.get("args") or {}).get("name") == name:
             return EngineConfig.model_validate(app["args"]["engine"])
     return None
+
+
+def rebase(live: ServeConfig, base: ServeConfig) -> ServeConfig:
+    """`base` (a new Serve config from the platform's owner: the Helm chart's ConfigMap after `helm upgrade` or
+    `helm rollback`) with the rollout state of `live` kept.
+
+    For every model group under the new base's `rollout.models`, its members (engines, weights, sticky, shadow) are
+    live's: a canary in progress keeps its split, a promoted version stays promoted. Engines the base defines keep
+    the base's spec (a changed seed engine is applied); engines only live has (registry versions) keep their apps.
+    Engines of those groups that live no longer uses (retired by a rollout) are dropped. Everything else is the
+    base's. A live config that is not this platform's (or inconsistent) yields the base unchanged.
+    """
+    out = copy.deepcopy(base)
+    try:
+        live_state = gateway_state(live)
+        managed = base_platform(base).rollout.models
+    except (PlanError, ValueError):
+        return out
+    state = gateway_state(out)
+    live_apps = {a.get("name"): a for a in live.get("applications") or []}
+    base_defined = set(state["engines"])
+    carried: dict[str, dict[str, Any]] = {}  # engine app name -> live app
+    dropped: set[str] = set()
+    for group in managed:
+        lg = live_state["model_groups"].get(group)
+        if lg is None or group not in state["model_groups"]:
+            continue
+        kept = [m["engine"] for m in _as_dicts(lg["engines"])]
+        kept += [lg["shadow"]["engine"]] if lg.get("shadow") else []
+        if any(e not in base_defined and live_state["engines"].get(e) not in live_apps for e in kept):
+            continue  # live names an engine without its app: not a state worth keeping
+        before = [m["engine"] for m in _as_dicts(state["model_groups"][group]["engines"])]
+        state["model_groups"][group] = copy.deepcopy(lg)
+        for e in kept:
+            if e not in base_defined:
+                state["engines"][e] = live_state["engines"][e]
+                carried[state["engines"][e]] = copy.deepcopy(live_apps[state["engines"][e]])
+        dropped |= set(before) - set(kept)
+
+    def used(engine: str) -> bool:
+        return any(engine in [m["engine"] for m in _as_dicts(g["engines"])]
+                   or (g.get("shadow") or {}).get("engine") == engine for g in state["model_groups"].values())
+
+    removed_apps = set()
+    for e in sorted(dropped):
+        if not used(e):
+            removed_apps.add(state["engines"].pop(e, None) or engine_app_name(app_name(out), e))
+    out = _with_state(out, state)
+    out["applications"] = [a for a in out["applications"] if a.get("name") not in removed_apps | set(carried)]
+    out["applications"].extend(carried.values())
+    return out

@@ -88,7 +88,12 @@ def expected_platform(values: str | None) -> dict[str, Any]:
 
 
 def serve_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
+    """The chart's Serve config: the ConfigMap the rollout controller builds serveConfigV2 from, or (controller
+    off) the RayService's inline serveConfigV2."""
+    rayservice = one(docs, "RayService")
+    if "serveConfigV2" in rayservice["spec"]:
+        return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    return yaml.safe_load(one(docs, "ConfigMap", "-serve-config")["data"]["serveConfigV2.yaml"])
 
 
 def gpus_needed(platform: dict[str, Any]) -> int:
@@ -111,10 +116,15 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return pods
 
 
-def worker_group(docs: list[dict[str, Any]]) -> dict[str, Any]:
+def worker_groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """serving.dev/ray-node role (worker: engines, gateway: gateway replicas) -> worker group."""
     groups = one(docs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-    assert len(groups) == 1
-    return groups[0]
+    return {g["template"]["metadata"]["labels"]["serving.dev/ray-node"]: g for g in groups}
+
+
+def worker_group(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The engine worker group."""
+    return worker_groups(docs)["worker"]
 
 
 # ----------------------------------------------------------------------------------------------- lint, validate
@@ -155,6 +165,7 @@ def test_serve_config_is_the_platform(helm: str, values: str | None) -> None:
     ServeDeploySchema.model_validate(config)
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
     platform = expected_platform(values)
+    platform["gateway"].setdefault("metrics_port", 8090)  # the chart's gateway.metricsPort, unless the platform sets it
     parsed = parse_config(config["applications"][0]["args"]["config"], "serveConfigV2 args.config")
     assert parsed == parse_config(platform)
     assert config["applications"][0]["args"]["config"] == platform  # the values, verbatim
@@ -168,7 +179,12 @@ def test_serve_config_is_the_platform(helm: str, values: str | None) -> None:
             assert got["deployments"] == want["deployments"]
         else:  # the gateway's user_config comes from args.config when the app is built
             [gw], [want_gw] = got["deployments"], want["deployments"]
-            assert gw == {k: v for k, v in want_gw.items() if k != "user_config"}
+            gateway_group = "gateway" in worker_groups(docs)
+            # placement: one replica per node (its metrics port); on the gateway worker group when there is one
+            actor = ({"num_cpus": 0, "resources": {"serving_gateway": 1}} if gateway_group
+                     else {"num_cpus": parsed.gateway.num_cpus})
+            assert gw == {**{k: v for k, v in want_gw.items() if k != "user_config"},
+                          "max_replicas_per_node": 1, "ray_actor_options": actor}
 
 
 def test_default_platform_is_the_gpu_config() -> None:
@@ -277,6 +293,9 @@ def test_controller_role_is_least_privilege(helm: str) -> None:
     assert role["rules"] == [{
         "apiGroups": ["ray.io"], "resources": ["rayservices"], "resourceNames": [rayservice],
         "verbs": ["get", "list", "watch", "patch", "update"],
+    }, {
+        "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["serving-serve-config"],
+        "verbs": ["get", "list", "watch"],
     }]
     binding = one(docs, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -287,6 +306,7 @@ def test_controller_role_is_least_privilege(helm: str) -> None:
     assert controller["containers"][0]["command"] == ["serving", "rollout-controller"]
     env = {e["name"]: e.get("value") for e in controller["containers"][0]["env"]}
     assert env["SERVING_RAYSERVICE"] == rayservice
+    assert env["SERVING_SERVE_CONFIGMAP"] == "serving-serve-config"
 
 
 def test_controller_can_be_disabled(helm: str) -> None:
@@ -304,12 +324,14 @@ def controller_parts(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
 
 def test_controller_webhook_is_off_by_default_and_wired_when_asked(helm: str) -> None:
     env, policy, services = controller_parts(render(helm))
-    assert not [e for e in env if "WEBHOOK" in e["name"]] and "ingress" not in policy  # deny all inbound
-    assert not [n for n in services if n.endswith("-controller")]
+    scrape = {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 8081}]}
+    assert not [e for e in env if "WEBHOOK" in e["name"]]
+    assert policy["ingress"] == [scrape]  # only Prometheus (metricsFrom) may reach it
     env, policy, services = controller_parts(render(helm, None, "--set", "controller.webhook.existingSecret=wh"))
     [secret_env] = [e for e in env if e["name"] == "MLFLOW_WEBHOOK_SECRET"]
     assert secret_env["valueFrom"]["secretKeyRef"] == {"name": "wh", "key": "webhook-secret"}
-    assert policy["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8081}]}]
+    assert policy["ingress"] == [scrape, {"from": [{"podSelector": {}}],
+                                          "ports": [{"protocol": "TCP", "port": 8081}]}]
     [svc] = [d for n, d in services.items() if n.endswith("-controller")]
     assert svc["spec"]["ports"][0]["port"] == 8081 and svc["spec"]["selector"]["app.kubernetes.io/component"] == \
         "controller"
@@ -344,7 +366,7 @@ def test_existing_secrets_are_referenced_not_rendered(helm: str) -> None:
     assert not [d for d in docs if d["kind"] == "Secret"]
     refs = secret_refs(docs)
     ray_pods = [n for n in refs if n.startswith("ray-")]
-    assert len(ray_pods) == 2
+    assert len(ray_pods) == 3  # head, engine workers, gateway workers
     for name in ray_pods:
         assert refs[name] == {
             "ANTHROPIC_API_KEY": {"name": "cloud-keys", "key": "ANTHROPIC_API_KEY", "optional": True},
@@ -396,10 +418,12 @@ def test_pods_are_non_root_with_resources_and_probes(helm: str, values: str | No
 
 def test_gateway_service_and_network_policy(helm: str) -> None:
     docs = render(helm, None, "--set", "redis.enabled=false", "--set", "redis.externalUrl=redis://r:6379/0")
-    svc = one(docs, "Service", "serving")
+    # the gateway Service is KubeRay's serve Service (it selects the active cluster): the chart only names it
+    assert not [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "serving"]
+    svc = one(docs, "RayService")["spec"]["serveService"]
+    assert svc["metadata"]["name"] == "serving" and "selector" not in svc["spec"]
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["selector"]["ray.io/serve"] == "true"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "serve", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [{"name": "serve", "port": 8000, "targetPort": 8000, "protocol": "TCP"}]
     assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
     env = {e["name"]: e.get("value") for e in one(docs, "Deployment", "-controller")["spec"]["template"]["spec"]
            ["containers"][0]["env"]}

@@ -68,14 +68,21 @@ def rayservice(cluster: Cluster, namespace: str) -> dict[str, Any]:
     return items[0]
 
 
-def serve_apps(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Serve application name -> application, from the RayService's serveConfigV2."""
-    return {a["name"]: a for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]}
+def chart_serve_config(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    """The chart's Serve config: ConfigMap <release>-serve-config (the rollout controller owns the RayService's
+    serveConfigV2 and builds it from there)."""
+    cm = cluster.get(f"/api/v1/namespaces/{namespace}/configmaps/{RELEASE}-serve-config")
+    return yaml.safe_load(cm["data"]["serveConfigV2.yaml"])
 
 
-def serve_app(rs: dict[str, Any]) -> dict[str, Any]:
+def serve_apps(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Serve application name -> application."""
+    return {a["name"]: a for a in config["applications"]}
+
+
+def serve_app(config: dict[str, Any]) -> dict[str, Any]:
     """The gateway application (the one with the platform config)."""
-    [app] = [a for a in serve_apps(rs).values() if a["import_path"] == "serving.app:gateway_builder"]
+    [app] = [a for a in serve_apps(config).values() if a["import_path"] == "serving.app:gateway_builder"]
     return app
 
 
@@ -130,10 +137,11 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
     # the gateway Service has endpoints only once Ray pods serve it (no KubeRay here): it exists and selects them
     for svc in names(docs, "Service"):
         assert kubelet.get(f"/api/v1/namespaces/{ns}/services/{svc}")["spec"]["clusterIP"]
-    # a 1.20 API server has no policy/v1: the chart fell back to policy/v1beta1 for the PodDisruptionBudget
-    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    assert pdb["apiVersion"] == "policy/v1beta1"
-    assert kubelet.get(f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/{pdb['metadata']['name']}")
+    # a 1.20 API server has no policy/v1: the chart fell back to policy/v1beta1 for the PodDisruptionBudgets
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdbs and all(pdb["apiVersion"] == "policy/v1beta1" for pdb in pdbs)
+    for pdb in pdbs:
+        assert kubelet.get(f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/{pdb['metadata']['name']}")
     # monitoring objects admitted by their CRDs
     assert kubelet.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/prometheusrules")["items"]
     assert kubelet.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors")["items"]
@@ -142,9 +150,14 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
     rs = rayservice(kubelet, ns)
     [rendered] = [d for d in docs if d["kind"] == "RayService"]
     assert rs["spec"] == rendered["spec"]
+    # no serveConfigV2 from Helm: the controller owns it, built from the chart's ConfigMap
+    assert "serveConfigV2" not in rs["spec"]
+    assert rs["metadata"]["annotations"]["serving.dev/serve-config-configmap"] == f"{RELEASE}-serve-config"
+    config = chart_serve_config(kubelet, ns)
     # it carries the preset's platform config, and that parses as one (API keys on: the gateway is on 0.0.0.0)
-    app = serve_app(rs)
+    app = serve_app(config)
     expected = yaml.safe_load((CHART / preset).read_text())["platform"]
+    expected["gateway"].setdefault("metrics_port", 8090)
     assert app["args"]["config"] == expected
     cfg = parse_config(app["args"]["config"])
     assert cfg.policies.auth.enabled
@@ -152,7 +165,8 @@ def test_install_wait_every_preset(kubelet: Cluster, release_ns: str, preset: st
         "containers"][0]["env"]}
     assert head_env["SERVING_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-admin",
                                                                           "key": "admin-key"}
-    engine_apps = {a["args"]["name"]: a for a in serve_apps(rs).values() if a["import_path"].endswith("engine_builder")}
+    engine_apps = {a["args"]["name"]: a for a in serve_apps(config).values()
+                   if a["import_path"].endswith("engine_builder")}
     assert set(engine_apps) == set(cfg.engines)
     assert {a["deployments"][0]["name"] for a in engine_apps.values()} == {f"engine-{e}" for e in cfg.engines}
 
@@ -173,7 +187,7 @@ def test_ray_pod_templates_land_on_the_gpu_node(kubelet: Cluster, release_ns: st
     ns = release_ns
     install(kubelet, ns, *values("values-llama-8b-awq.yaml"))
     cluster_cfg = rayservice(kubelet, ns)["spec"]["rayClusterConfig"]
-    worker = cluster_cfg["workerGroupSpecs"][0]
+    [worker] = [g for g in cluster_cfg["workerGroupSpecs"] if g["groupName"] == "gpu-workers"]
     for i in range(worker["replicas"]):
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {**worker["template"].get("metadata", {}), "name": f"ray-worker-{i}"},
@@ -188,50 +202,91 @@ def test_ray_pod_templates_land_on_the_gpu_node(kubelet: Cluster, release_ns: st
     assert "nvidia.com/gpu" not in (head.get("resources") or {}).get("limits", {})
 
 
-def test_upgrade_then_rollback(kubelet: Cluster, release_ns: str, tmp_path: Path) -> None:
+def controller_applier(cluster: Cluster, namespace: str) -> Any:
+    """The rollout controller's applier as the chart wires it, authenticated as the controller's ServiceAccount."""
+    from kubernetes import client
+
+    from serving.rollout.appliers import KubernetesApplier
+
+    cfg = client.Configuration()
+    cfg.host = cluster.server
+    cfg.ssl_ca_cert = str(cluster.pki / "ca.crt")
+    cfg.api_key = {"authorization": "Bearer " + cluster.service_account_token(namespace, f"{RELEASE}-controller")}
+    return KubernetesApplier(RELEASE, namespace, client.ApiClient(cfg), base_configmap=f"{RELEASE}-serve-config")
+
+
+def live_serve_config(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    return yaml.safe_load(rayservice(cluster, namespace)["spec"]["serveConfigV2"])
+
+
+def test_upgrade_and_rollback_keep_a_rollout_in_progress(kubelet: Cluster, release_ns: str, tmp_path: Path) -> None:
+    """The controller owns serveConfigV2: a canary in progress survives `helm upgrade` (with a platform change and
+    a new image) and `helm rollback`, while the chart's own changes still arrive."""
+    from serving.config import EngineConfig
+    from serving.rollout import plan
+
     ns = release_ns
     preset = values("values-llama-8b-awq.yaml")
-    install(kubelet, ns, *preset)
+    platform = yaml.safe_load((CHART / "values-llama-8b-awq.yaml").read_text())["platform"]
+    group = next(iter(platform["model_groups"]))
+    seed = next(iter(platform["engines"]))
+    platform["rollout"] = {"models": {group: {}}}  # the group follows the MLflow registry
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump({"platform": platform}))
+    install(kubelet, ns, *preset, "-f", str(tmp_path / "v1.yaml"))
     rs1 = rayservice(kubelet, ns)
+    assert "serveConfigV2" not in rs1["spec"]
     controller = next(n for n in deployments_available(kubelet, ns) if n.endswith("-controller"))
     image1 = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")["spec"]["template"]["spec"][
         "containers"][0]["image"]
 
-    # upgrade: a platform config change (engine autoscaling bounds) and a new image tag
-    platform = yaml.safe_load((CHART / "values-llama-8b-awq.yaml").read_text())["platform"]
-    engine = next(iter(platform["engines"]))
-    platform["engines"][engine]["replicas"] = {"min": 1, "max": 3}
-    (tmp_path / "upgrade.yaml").write_text(yaml.safe_dump({"platform": platform}))
-    out = helm_ok(kubelet, "upgrade", RELEASE, str(CHART), "-n", ns, *preset, "-f", str(tmp_path / "upgrade.yaml"),
+    # the controller's first tick: the chart's Serve config written into the RayService
+    applier = controller_applier(kubelet, ns)
+    assert applier.sync_base() and not applier.sync_base()  # written once; unchanged base: nothing to do
+    assert live_serve_config(kubelet, ns) == chart_serve_config(kubelet, ns)
+    # a canary step: challenger v2 as its own engine at 5 %
+    challenger = EngineConfig.model_validate({**platform["engines"][seed], "max_num_seqs": 32})
+    applier.update(lambda c: plan.set_split(plan.add_engine(c, group, f"{group}-v2", challenger), group,
+                                            {seed: 95.0, f"{group}-v2": 5.0}))
+    canary = live_serve_config(kubelet, ns)
+    assert plan.members(canary, group) == {seed: 95.0, f"{group}-v2": 5.0}
+
+    # helm upgrade: the seed engine's autoscaling bounds change and a new image tag
+    platform["engines"][seed]["replicas"] = {"min": 1, "max": 3}
+    (tmp_path / "v2.yaml").write_text(yaml.safe_dump({"platform": platform}))
+    out = helm_ok(kubelet, "upgrade", RELEASE, str(CHART), "-n", ns, *preset, "-f", str(tmp_path / "v2.yaml"),
                   "--set", "image.tag=0.2.0", "--wait", "--timeout", TIMEOUT)
     assert "STATUS: deployed" in out and "REVISION: 2" in out
     rs2 = rayservice(kubelet, ns)
-    assert rs2["metadata"]["generation"] > rs1["metadata"]["generation"]
-    replicas = serve_app(rs2)["args"]["config"]["engines"][engine]["replicas"]
-    assert (replicas["min"], replicas["max"]) == (1, 3)
-    [engine_app] = [a for a in serve_apps(rs2).values() if a["args"].get("name") == engine]
-    assert engine_app["deployments"][0]["autoscaling_config"]["max_replicas"] == 3
+    assert yaml.safe_load(rs2["spec"]["serveConfigV2"]) == canary  # Helm's three-way merge left the field alone
     assert rs2["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"].endswith(
         ":0.2.0")
+    # ... and the controller rebases on the new chart config: the canary is kept, the chart's change applied
+    assert applier.sync_base()
+    rebased = live_serve_config(kubelet, ns)
+    assert plan.members(rebased, group) == {seed: 95.0, f"{group}-v2": 5.0}
+    apps = {a["args"].get("name"): a for a in serve_apps(rebased).values()}
+    assert apps[seed]["deployments"][0]["autoscaling_config"]["max_replicas"] == 3
+    assert apps[f"{group}-v2"]["args"]["engine"]["max_num_seqs"] == 32
+    assert serve_app(rebased)["args"]["config"]["engines"][seed]["replicas"]["max"] == 3
     # the controller Deployment rolled to the new image through a new ReplicaSet, and is available again
     ctl = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")
-    assert ctl["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
     assert ctl["status"].get("updatedReplicas") == ctl["status"].get("availableReplicas") == ctl["spec"]["replicas"]
-    assert len(kubelet.get(f"/apis/apps/v1/namespaces/{ns}/replicasets",
-                           labelSelector="app.kubernetes.io/component=controller")["items"]) == 2
 
-    # rollback to revision 1: the RayService and the controller image are as first installed
+    # helm rollback to revision 1: the chart's config as first installed, the canary still in place
     out = helm_ok(kubelet, "rollback", RELEASE, "1", "-n", ns, "--wait", "--timeout", TIMEOUT)
     assert "Rollback was a success" in out
     rs3 = rayservice(kubelet, ns)
-    assert serve_apps(rs3) == serve_apps(rs1)
     assert rs3["spec"]["rayClusterConfig"] == rs1["spec"]["rayClusterConfig"]
+    assert yaml.safe_load(rs3["spec"]["serveConfigV2"]) == rebased
+    assert applier.sync_base()
+    back = live_serve_config(kubelet, ns)
+    assert plan.members(back, group) == {seed: 95.0, f"{group}-v2": 5.0}
+    apps = {a["args"].get("name"): a for a in serve_apps(back).values()}
+    assert apps[seed]["deployments"][0]["autoscaling_config"]["max_replicas"] == 4  # the preset's bound again
     ctl = kubelet.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{controller}")
     assert ctl["spec"]["template"]["spec"]["containers"][0]["image"] == image1
-    wait_for(lambda: deployments_available(kubelet, ns)[controller][1] == 1, 60, what="controller available")
     revs = history(kubelet, ns)
     assert [(r["revision"], r["status"]) for r in revs] == [(1, "superseded"), (2, "superseded"), (3, "deployed")]
-    assert "Rollback to 1" in revs[-1]["description"]
 
 
 def test_uninstall_keeps_the_model_cache(kubelet: Cluster, release_ns: str) -> None:

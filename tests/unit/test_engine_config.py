@@ -129,6 +129,7 @@ def test_gpu_yaml_engine():
     assert "VLLM_CPU_KVCACHE_SPACE" not in llm.runtime_env["env_vars"]
     assert_valid_vllm_args(kw)
     assert llm.get_engine_config().placement_bundles == [{"GPU": 1, "accelerator_type:L4": 0.001}]
+    assert llm.placement_group_config is None  # one GPU: Ray Serve LLM's default bundle
 
 
 def test_70b_engine_spans_four_gpus():
@@ -155,7 +156,9 @@ def test_70b_engine_spans_four_gpus():
     assert deployment._deployment_config.num_replicas == 2
     serve_bundles = deployment._replica_config.placement_group_bundles
     assert sum(b.get("GPU", 0) for b in serve_bundles) == 4
-    assert deployment._replica_config.placement_group_strategy == "PACK"  # TP shards on one node
+    # every TP shard of a replica on one node: STRICT_PACK (PACK would spread them over nodes when one is short)
+    assert deployment._replica_config.placement_group_strategy == "STRICT_PACK"
+    assert llm.get_engine_config().placement_strategy == "STRICT_PACK"
 
 
 def test_autoscaling_deployment():

@@ -56,13 +56,43 @@ serving.dev/platform-client: "true"
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* The platform config: .Values.platform, or files/platform-default.yaml when it is empty. */}}
-{{- define "serving.platform" -}}
-{{- if .Values.platform }}
-{{- toYaml .Values.platform }}
-{{- else }}
-{{- .Files.Get "files/platform-default.yaml" }}
+{{- define "serving.controllerImage" -}}
+{{- printf "%s:%s" .Values.controller.image.repository (default .Chart.AppVersion .Values.controller.image.tag) }}
 {{- end }}
+
+{{/* The platform config: .Values.platform, or files/platform-default.yaml when it is empty; the chart sets
+     gateway.metrics_port (gateway.metricsPort) when the platform does not, so every replica serves its own metrics. */}}
+{{- define "serving.platform" -}}
+{{- $p := dict }}
+{{- if .Values.platform }}
+{{- $p = deepCopy .Values.platform }}
+{{- else }}
+{{- $p = .Files.Get "files/platform-default.yaml" | fromYaml }}
+{{- end }}
+{{- $gw := default dict $p.gateway }}
+{{- if not (hasKey $gw "metrics_port") }}
+{{- $_ := set $gw "metrics_port" (int .Values.gateway.metricsPort) }}
+{{- end }}
+{{- $_ := set $p "gateway" $gw }}
+{{- toYaml $p }}
+{{- end }}
+
+{{/* The gateway replicas' metrics port (platform.gateway.metrics_port after serving.platform). */}}
+{{- define "serving.gatewayMetricsPort" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- int $platform.gateway.metrics_port -}}
+{{- end }}
+
+{{/* The distinct gpu.accelerator_type values of the GPU engines, as a JSON list. */}}
+{{- define "serving.acceleratorTypes" -}}
+{{- $platform := include "serving.platform" . | fromYaml -}}
+{{- $types := list -}}
+{{- range $name, $engine := $platform.engines -}}
+{{- if and (ne (default "gpu" $engine.device) "cpu") $engine.gpu $engine.gpu.accelerator_type -}}
+{{- $types = append $types $engine.gpu.accelerator_type -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($types | uniq | sortAlpha) -}}
 {{- end }}
 
 {{/* GPUs per worker pod: the largest gpu.count of the GPU engines (device defaults to gpu), 0 without any. */}}
@@ -154,6 +184,24 @@ serving.dev/platform-client: "true"
       name: {{ include "serving.adminSecretName" . }}
       key: {{ .Values.secrets.adminKey.key | quote }}
 {{- end }}
+{{- with .Values.huggingface.token.existingSecret }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.huggingface.token.key | quote }}
+{{- end }}
+{{- with .Values.huggingface.endpoint }}
+- name: HF_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.huggingface.offline }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end }}
+{{- with .Values.ray.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Environment of the Ray processes that platform.ray implies (RayConfig.cluster_env in serving/config.py). */}}
@@ -188,10 +236,20 @@ exec:
     {{- end }}
 {{- end }}
 
-{{/* Pod-level spec shared by the Ray head and workers (volumes, security, pull secrets). */}}
+{{/* Pod-level spec shared by the Ray head and workers (volumes, security, pull secrets):
+     include "serving.rayPodSpec" (list . <the group's values: shmSizeLimit, topologySpreadConstraints>) */}}
 {{- define "serving.rayPodSpec" -}}
+{{- $group := index . 1 -}}
+{{- with index . 0 -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.ray.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $group.topologySpreadConstraints }}
+topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 securityContext:
@@ -208,9 +266,13 @@ volumes:
   - name: dshm
     emptyDir:
       medium: Memory
-      sizeLimit: {{ .Values.ray.workers.shmSizeLimit }}
+      sizeLimit: {{ $group.shmSizeLimit }}
   - name: tmp
     emptyDir: {}
+  {{- with .Values.ray.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Container fields shared by the Ray head and workers (image, env, mounts, security). */}}
@@ -229,6 +291,10 @@ env:
   - name: SERVING_CACHE_DIR
     value: {{ printf "%s/serving" .Values.modelCache.mountPath | quote }}
   {{- include "serving.platformEnv" . | trim | nindent 2 }}
+{{- with .Values.ray.envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 volumeMounts:
   - name: model-cache
     mountPath: {{ .Values.modelCache.mountPath }}
@@ -236,6 +302,9 @@ volumeMounts:
     mountPath: /dev/shm
   - name: tmp
     mountPath: /tmp
+  {{- with .Values.ray.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 lifecycle:
   preStop:
     exec:
@@ -272,4 +341,59 @@ policy/v1beta1
 {{- $platform := include "serving.platform" . | fromYaml -}}
 {{- $rollout := default dict $platform.rollout -}}
 {{- default "SERVING_ROLLOUT_API_KEY" $rollout.gateway_api_key_env -}}
+{{- end }}
+
+{{/* Ray probes of one group: include "serving.rayProbes" (list <probe values> <ports for readiness> <ports for
+     liveness and startup>) */}}
+{{- define "serving.rayProbes" -}}
+{{- $probes := index . 0 -}}
+startupProbe:
+  {{- include "serving.httpExecProbe" (index . 2) | nindent 2 }}
+  {{- toYaml $probes.startup | nindent 2 }}
+readinessProbe:
+  {{- include "serving.httpExecProbe" (index . 1) | nindent 2 }}
+  {{- toYaml $probes.readiness | nindent 2 }}
+livenessProbe:
+  {{- include "serving.httpExecProbe" (index . 2) | nindent 2 }}
+  {{- toYaml $probes.liveness | nindent 2 }}
+{{- end }}
+
+{{/* The Serve config (serveConfigV2) = serving.app.serve_config(): the gateway app (serving.app:gateway_builder, the
+     platform config inline as args.config) and one app per engine (serving.app:engine_builder, args name + engine, no
+     HTTP route), so a rollout adds or removes one engine app and re-weights the gateway without restarting anything
+     else. The gateway replicas ask for the gateway worker group's `serving_gateway` resource (one per pod) and at
+     most one replica per node (each serves its metrics on one port). */}}
+{{- define "serving.serveConfig" -}}
+{{- $platform := include "serving.platform" . | fromYaml }}
+{{- $ray := default dict $platform.ray }}
+{{- $gw := default dict $platform.gateway }}
+{{- $appName := default "serving" $ray.app_name }}
+{{- $actor := dict "num_cpus" (default 0 $gw.num_cpus) }}
+{{- if .Values.ray.gatewayWorkers.enabled }}
+{{- $actor = dict "num_cpus" 0 "resources" (dict "serving_gateway" 1) }}
+{{- end }}
+{{- $gateway := dict "name" "gateway" "num_replicas" (int (default 1 $gw.replicas)) "max_ongoing_requests" (int (default 1024 $gw.max_ongoing_requests)) "max_replicas_per_node" 1 "ray_actor_options" $actor }}
+{{- $apps := list (dict "name" $appName "import_path" "serving.app:gateway_builder" "route_prefix" (default "/" $gw.route_prefix) "args" (dict "config" $platform) "deployments" (list $gateway)) }}
+{{- range $name, $engine := $platform.engines }}
+{{- $r := default dict $engine.replicas }}
+{{- $min := int (default 1 $r.min) }}{{- if and (hasKey $r "min") (eq (toString $r.min) "0") }}{{- $min = 0 }}{{- end }}
+{{- $max := int (default 1 $r.max) }}
+{{- $dep := dict "name" (printf "engine-%s" $name) }}
+{{- if eq $min $max }}
+{{- $_ := set $dep "num_replicas" $min }}
+{{- else }}
+{{- $_ := set $dep "autoscaling_config" (dict "min_replicas" $min "max_replicas" $max "target_ongoing_requests" (int (default 16 $r.target_ongoing_requests))) }}
+{{- end }}
+{{- $apps = append $apps (dict "name" (printf "%s-engine-%s" $appName $name) "import_path" "serving.app:engine_builder" "route_prefix" nil "args" (dict "name" $name "engine" $engine) "deployments" (list $dep)) }}
+{{- end }}
+{{- toYaml (dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" 8000) "applications" $apps) }}
+{{- end }}
+
+{{/* The ConfigMap holding the chart's Serve config when the rollout controller owns the RayService's serveConfigV2. */}}
+{{- define "serving.serveConfigMapName" -}}
+{{- printf "%s-serve-config" (include "serving.fullname" .) -}}
+{{- end }}
+
+{{- define "serving.gatewayMetricsServiceName" -}}
+{{- printf "%s-gateway-metrics" (include "serving.fullname" .) -}}
 {{- end }}
