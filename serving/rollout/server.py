@@ -1,4 +1,5 @@
-"""The rollout controller's small HTTP server: `GET /healthz` (probes) and `POST /webhook` (MLflow webhooks).
+"""The rollout controller's small HTTP server: `GET /healthz` (probes), `GET /metrics` (Prometheus) and
+`POST /webhook` (MLflow webhooks).
 
 MLflow (OSS, SQL backend) can POST registry events to a URL; with a secret it signs each delivery:
 `X-MLflow-Signature: v1,<base64 HMAC-SHA256 of "<delivery id>.<timestamp>.<body>">`, with the id and timestamp in
@@ -18,6 +19,10 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 logger = logging.getLogger("serving.rollout.server")
 
@@ -49,6 +54,29 @@ def verify(secret: str, headers: Any, body: str, now: float | None = None) -> st
     return None
 
 
+class _HealthCollector:
+    """Exports the controller's health() at scrape time."""
+
+    def __init__(self, health: Callable[[], dict[str, Any]], server: ControllerServer):
+        self.health, self.server = health, server
+
+    def collect(self) -> Any:
+        h = self.health()
+        yield GaugeMetricFamily("serving_rollout_controller_up",
+                                "1 while the last controller tick succeeded, 0 after a failed one.",
+                                value=1.0 if h.get("status") == "ok" else 0.0)
+        yield GaugeMetricFamily("serving_rollout_last_tick_timestamp_seconds",
+                                "Unix time of the controller's last tick (0: none yet).",
+                                value=float(h.get("last_tick") or 0.0))
+        yield CounterMetricFamily("serving_rollout_events", "Rollout events (steps, promotions, rollbacks, errors).",
+                                  value=float(h.get("events") or 0))
+        webhooks = CounterMetricFamily("serving_rollout_webhook_deliveries", "MLflow webhook deliveries by result.",
+                                       labels=["result"])
+        webhooks.add_metric(["accepted"], float(self.server.accepted))
+        webhooks.add_metric(["rejected"], float(self.server.rejected))
+        yield webhooks
+
+
 class ControllerServer:
     """Serves /healthz and /webhook in a background thread; `wake` is called for accepted alias events."""
 
@@ -69,8 +97,16 @@ class ControllerServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path.split("?")[0] in ("/healthz", "/health"):
+                path = self.path.split("?")[0]
+                if path in ("/healthz", "/health"):
                     self._reply(200, health())
+                elif path == "/metrics":
+                    data = generate_latest(server.registry)
+                    self.send_response(200)
+                    self.send_header("content-type", CONTENT_TYPE_LATEST)
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                 else:
                     self._reply(404, {"error": "not found"})
 
@@ -99,6 +135,8 @@ class ControllerServer:
 
         self.accepted = 0
         self.rejected = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_HealthCollector(health, self))
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="rollout-http", daemon=True)
