@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 ENV_VAR = "SERVING_CACHE_DIR"
+BAKED_ENV_VAR = "SERVING_BAKED_CACHE_DIR"
 
 
 def cache_dir() -> Path:
@@ -19,3 +20,9 @@ def cache_dir() -> Path:
 def models_dir(cache: Path | None = None) -> Path:
     """The directory that holds built model directories: ``<cache>/models``."""
     return (Path(cache) if cache is not None else cache_dir()) / "models"
+
+
+def baked_models_dir() -> Path | None:
+    """Read-only built models shipped in an image: ``$SERVING_BAKED_CACHE_DIR/models`` (None when unset)."""
+    value = os.environ.get(BAKED_ENV_VAR, "").strip()
+    return Path(value).expanduser() / "models" if value else None

@@ -47,8 +47,10 @@ def stored_serve_config(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
 
 def test_patch_as_the_controller_service_account(kubelet: Cluster, release) -> None:
     ns, rs, client = release
-    applier = KubernetesApplier(rs, ns, client)
-    current = applier.read()
+    applier = KubernetesApplier(rs, ns, client, base_configmap=f"{RELEASE}-serve-config")
+    assert "serveConfigV2" not in kubelet.get(f"/apis/ray.io/v1/namespaces/{ns}/rayservices/{rs}")["spec"]
+    current = applier.read()  # the first read writes the chart's Serve config (the controller owns the field)
+    assert stored_serve_config(kubelet, ns, rs) == current and applier.rebases == 1
     platform = plan.base_platform(current)  # the chart's platform config, as the controller sees it
     group = next(iter(platform.model_groups))
     spec = EngineConfig(model="hf:hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4", quantization="awq_marlin")
@@ -65,7 +67,8 @@ def test_patch_as_the_controller_service_account(kubelet: Cluster, release) -> N
 
 def test_conflicting_write_is_recomputed_not_lost(kubelet: Cluster, release) -> None:
     ns, rs, client = release
-    applier = KubernetesApplier(rs, ns, client)
+    applier = KubernetesApplier(rs, ns, client, base_configmap=f"{RELEASE}-serve-config")
+    applier.read()
     calls = []
 
     def change(cfg: dict[str, Any]) -> dict[str, Any]:
