@@ -381,3 +381,105 @@ def test_install_with_external_redis_and_mlflow(kubelet: Cluster, release_ns: st
         "template"]["spec"]["containers"][0]["env"]}
     assert env["REDIS_URL"] == "redis://redis.shared:6379/2"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.shared:5000"
+
+
+# ---------------------------------------------------------------- the release's Ray pods, as KubeRay creates them
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                      "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The Pod Security Standards' `restricted` profile (v1.25+ rules) applied to one Pod. The 1.20 API server has
+    no PodSecurity admission plugin, so the rules are checked here on the Pods the API server admitted."""
+    spec, out = pod["spec"], []
+    psc = spec.get("securityContext") or {}
+    for v in spec.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {v['name']}: {sorted(kinds)}")
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            out.append(flag)
+    for c in [*(spec.get("initContainers") or []), *spec["containers"]]:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation not false")
+        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+            out.append(f"{name}: runAsNonRoot not true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp}")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name}: capabilities not dropped")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities added {caps['add']}")
+        for p in c.get("ports") or []:
+            if p.get("hostPort"):
+                out.append(f"{name}: hostPort")
+    return out
+
+
+def test_ray_pods_of_the_release_on_the_api_server(kubelet: Cluster, release_ns: str) -> None:
+    """The 8B preset's RayService turned into Pods the way KubeRay does it (the KubeRay stand-in, with its autoscaler
+    sidecar): the real disruption controller allows drains under the PodDisruptionBudgets, the gateway Service is
+    KubeRay's and lists only the active cluster's serve-ready pods, the Hugging Face token comes from its Secret and
+    every pod passes the restricted Pod Security profile."""
+    from tests.k8s.kuberay_standin import FakeDashboards, KubeRayStandIn
+
+    ns = release_ns
+    install(kubelet, ns, *values("values-llama-8b-awq.yaml"), "--set", "huggingface.token.existingSecret=hf",
+            "--set", "secrets.adminKey.existingSecret=admin", "--set", "controller.enabled=false",
+            "--set", "ray.workers.replicas=2", "--set", "ray.workers.minReplicas=2")
+    with KubeRayStandIn(kubelet, [ns], interval=0.25, dashboard=FakeDashboards(), proxy_healthy=lambda p: True):
+        def ray_pods() -> list[dict[str, Any]]:
+            return kubelet.get(f"/api/v1/namespaces/{ns}/pods", labelSelector="ray.io/is-ray-node=yes")["items"]
+
+        wait_for(lambda: len(ray_pods()) == 5 and all(p["status"].get("phase") == "Running" for p in ray_pods()),
+                 90, what="head + 2 GPU workers + 2 gateway workers running")
+        pods = ray_pods()
+        # PodDisruptionBudgets as the disruption controller computes them for pods owned by a RayCluster
+        def pdb(name: str) -> dict[str, Any]:
+            return kubelet.get(f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/{RELEASE}-{name}")
+
+        wait_for(lambda: pdb("ray-workers").get("status", {}).get("expectedPods") == 2, 60, what="worker PDB")
+        wait_for(lambda: pdb("ray-gateway").get("status", {}).get("expectedPods") == 2, 60, what="gateway PDB")
+        assert pdb("ray-workers")["status"]["disruptionsAllowed"] == 1  # minAvailable 1 of 2: one drain at a time
+        assert pdb("ray-gateway")["status"]["disruptionsAllowed"] == 1
+        # what the chart's old maxUnavailable did on the same pods: no scale subresource -> no drain ever
+        kubelet.apply(yaml.safe_dump({
+            "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": {"name": "old-style"},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"serving.dev/ray-node": "worker"}}}}), ns)
+        wait_for(lambda: "disruptionsAllowed" in kubelet.get(
+            f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/old-style").get("status", {}), 60,
+            what="old-style PDB status")
+        assert kubelet.get(f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/old-style")["status"][
+            "disruptionsAllowed"] == 0
+
+        # the gateway Service is KubeRay's serve Service: the active cluster's pods whose proxy is healthy
+        def gateway_endpoints() -> set[str]:
+            ep = kubelet.get(f"/api/v1/namespaces/{ns}/endpoints/{RELEASE}", missing_ok=True) or {}
+            return {a["targetRef"]["name"] for s in ep.get("subsets") or [] for a in s.get("addresses") or []}
+
+        wait_for(lambda: gateway_endpoints() == {p["metadata"]["name"] for p in pods}, 60,
+                 what="gateway Service endpoints = the Ray pods")
+        svc = kubelet.get(f"/api/v1/namespaces/{ns}/services/{RELEASE}")
+        active = {p["metadata"]["labels"]["ray.io/cluster"] for p in pods}
+        assert svc["spec"]["selector"] == {"ray.io/cluster": active.pop(), "ray.io/serve": "true"}
+        assert svc["spec"]["ports"][0]["port"] == 8000
+
+        for pod in pods:
+            ray = pod["spec"]["containers"][0]
+            env = {e["name"]: e for e in ray["env"]}
+            assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+            assert restricted_violations(pod) == [], (pod["metadata"]["name"], restricted_violations(pod))
+        head = next(p for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "head")
+        assert "autoscaler" in [c["name"] for c in head["spec"]["containers"]]  # checked by the profile too
+        gpu = [p for p in pods if p["metadata"]["labels"].get("ray.io/group") == "gpu-workers"]
+        assert all("accelerator_type:L4" in p["spec"]["containers"][0]["args"][0] for p in gpu)
