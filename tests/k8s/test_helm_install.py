@@ -408,7 +408,7 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
             out.append(f"{name}: privileged")
         if sc.get("allowPrivilegeEscalation") is not False:
             out.append(f"{name}: allowPrivilegeEscalation not false")
-        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
             out.append(f"{name}: runAsNonRoot not true")
         if sc.get("runAsUser", psc.get("runAsUser")) == 0:
             out.append(f"{name}: runAsUser 0")
