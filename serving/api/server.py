@@ -393,8 +393,19 @@ class Gateway:
         if t_first is not None and completion > 1 and end > t_first:
             m.tps.labels(group, engine).observe((completion - 1) / (end - t_first))
 
-    def models(self) -> dict[str, Any]:
-        names = [*self.router.groups, *self.routes.routes]
+    async def caller_models(self, request: Request) -> set[str] | None:
+        """Authenticate a /v1/models call like any other (401 in the error envelope); the names its tenant may use
+        (None: all)."""
+        ctx = self.policy.begin("models", _request_id(request))
+        try:
+            await self.policy.authenticate(ctx, request.headers)
+        except PolicyError as exc:
+            raise _api_error(exc) from None
+        tenant = self.policy.tenants.get(ctx.tenant)
+        return set(tenant.models) if tenant is not None and tenant.models is not None else None
+
+    def models(self, allowed: set[str] | None = None) -> dict[str, Any]:
+        names = [n for n in [*self.router.groups, *self.routes.routes] if allowed is None or n in allowed]
         return {"object": "list", "data": [self.card(name) for name in names]}
 
     def card(self, name: str) -> dict[str, Any] | None:
@@ -450,12 +461,13 @@ def build_api(
         return await gw.handle(request, "completions", parse_completion)
 
     @app.get("/v1/models")
-    async def list_models() -> Response:
-        return JSONResponse(gw.models())
+    async def list_models(request: Request) -> Response:
+        return JSONResponse(gw.models(await gw.caller_models(request)))
 
     @app.get("/v1/models/{model:path}")
-    async def get_model(model: str) -> Response:
-        card = gw.card(model)
+    async def get_model(request: Request, model: str) -> Response:
+        allowed = await gw.caller_models(request)
+        card = gw.card(model) if allowed is None or model in allowed else None
         if card is None:
             raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
                            param="model", code="model_not_found")

@@ -5,7 +5,8 @@ etcd from Debian's ``etcd-server``). There is no kubelet and no scheduler: pods 
 Pending until :meth:`Cluster.mark_pods_ready` (or the background :meth:`Cluster.start_kubelet` stand-in) binds
 them to a Ready Node object and patches their status to Running/Ready. Everything else -- admission, RBAC,
 CRDs, Deployments -> ReplicaSets -> Pods, Endpoints following Ready pods, garbage collection, namespace
-deletion -- is the real Kubernetes 1.20 code.
+deletion -- is the real Kubernetes 1.20 code. To really RUN pods (as local processes, one network namespace each),
+use the kubelet stand-in ``tests.k8s.podrunner.ProcessKubelet`` on some namespaces instead.
 
 Only the standard library is used (REST calls via urllib; kubectl/helm via subprocess).
 
@@ -158,6 +159,8 @@ class Cluster:
         self._ip_lock = threading.Lock()
         self._next_ip = 10
         self.default_node: str | None = None
+        # namespaces whose pods a tests.k8s.podrunner.ProcessKubelet runs: mark_pods_ready() leaves them alone
+        self.claimed_namespaces: set[str] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> Cluster:
@@ -269,7 +272,7 @@ class Cluster:
         )
         (self.pki / "ext.cnf").write_text(
             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1\n"
+            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1,IP:10.244.0.1\n"
             "extendedKeyUsage=serverAuth\n"
         )
         self._openssl(
@@ -330,7 +333,7 @@ class Cluster:
                 "--etcd-servers",
                 self.etcd_url,
                 "--bind-address",
-                "127.0.0.1",
+                "0.0.0.0",  # reachable from the pods of tests.k8s.podrunner at 10.244.0.1 (its bridge)
                 "--advertise-address",
                 "127.0.0.1",
                 "--secure-port",
@@ -751,6 +754,8 @@ class Cluster:
         for pod in pods:
             meta = pod["metadata"]
             ns, name = meta["namespace"], meta["name"]
+            if ns in self.claimed_namespaces:
+                continue
             try:
                 if meta.get("deletionTimestamp"):
                     self.api(

@@ -6,6 +6,7 @@ Needs helm (``$SERVING_K8S_BIN``, ``$HOME/.cache/serving/k8s/bin`` or PATH) and,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -180,11 +181,16 @@ def test_serve_config_is_the_platform(helm: str, values: str | None) -> None:
         else:  # the gateway's user_config comes from args.config when the app is built
             [gw], [want_gw] = got["deployments"], want["deployments"]
             gateway_group = "gateway" in worker_groups(docs)
-            # placement: one replica per node (its metrics port); on the gateway worker group when there is one
-            actor = ({"num_cpus": 0, "resources": {"serving_gateway": 1}} if gateway_group
-                     else {"num_cpus": parsed.gateway.num_cpus})
+            # placement: one replica per node (its metrics port), on the pods that declare `serving_gateway`: the
+            # gateway worker group when there is one, else the engine workers -- never the head (num-cpus 0 does not
+            # keep a 0-CPU actor off it, and the per-replica metrics Service does not select it)
+            actor = {"num_cpus": 0 if gateway_group else parsed.gateway.num_cpus, "resources": {"serving_gateway": 1}}
             assert gw == {**{k: v for k, v in want_gw.items() if k != "user_config"},
                           "max_replicas_per_node": 1, "ray_actor_options": actor}
+            providers = [name for name, group in worker_groups(docs).items()
+                         if "serving_gateway" in json.loads(
+                             (group["rayStartParams"].get("resources") or "'{}'").strip("'"))]
+            assert providers == ["gateway" if gateway_group else "worker"]
 
 
 def test_default_platform_is_the_gpu_config() -> None:

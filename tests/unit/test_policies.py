@@ -212,6 +212,26 @@ async def test_tenant_model_allow_list(env):
     assert (await e.a.chat(key, model="cloud-only")).status_code == 200
 
 
+async def test_model_list_needs_a_key_and_shows_the_tenants_models(env):
+    """GET /v1/models is authenticated like OpenAI's (401 in the error envelope) and lists, for a tenant with an
+    allow list, only its models; another model's card is a 404 as if it did not exist."""
+    e = env(tenants={"acme": {"models": ["cloud-only"]}, "beta": {}})
+    for headers in ({}, {"authorization": f"Bearer {KEY_PREFIX}not-a-real-key"}):
+        for path in ("/v1/models", "/v1/models/tiny"):
+            resp = await e.a.http.get(path, headers=headers)
+            assert resp.status_code == 401, (path, resp.text)
+            assert resp.json()["error"]["type"] == "authentication_error"
+    acme = {"authorization": f"Bearer {await e.a.new_key('acme')}"}
+    beta = {"authorization": f"Bearer {await e.a.new_key('beta')}"}
+    assert [m["id"] for m in (await e.b.http.get("/v1/models", headers=acme)).json()["data"]] == ["cloud-only"]
+    everything = {m["id"] for m in (await e.b.http.get("/v1/models", headers=beta)).json()["data"]}
+    assert everything == {"tiny", "cloud-only", "private", "private-block"}
+    assert (await e.b.http.get("/v1/models/cloud-only", headers=acme)).json()["id"] == "cloud-only"
+    hidden = await e.b.http.get("/v1/models/tiny", headers=acme)
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "model_not_found"
+    assert (await e.b.http.get("/v1/models/tiny", headers=beta)).status_code == 200
+
+
 # --------------------------------------------------------------------------------------------------- limits
 
 

@@ -361,16 +361,16 @@ livenessProbe:
 {{/* The Serve config (serveConfigV2) = serving.app.serve_config(): the gateway app (serving.app:gateway_builder, the
      platform config inline as args.config) and one app per engine (serving.app:engine_builder, args name + engine, no
      HTTP route), so a rollout adds or removes one engine app and re-weights the gateway without restarting anything
-     else. The gateway replicas ask for the gateway worker group's `serving_gateway` resource (one per pod) and at
-     most one replica per node (each serves its metrics on one port). */}}
+     else. The gateway replicas ask for the `serving_gateway` resource (one per pod of the gateway worker group, or of
+     the engine worker group without it) and at most one replica per node (each serves its metrics on one port). */}}
 {{- define "serving.serveConfig" -}}
 {{- $platform := include "serving.platform" . | fromYaml }}
 {{- $ray := default dict $platform.ray }}
 {{- $gw := default dict $platform.gateway }}
 {{- $appName := default "serving" $ray.app_name }}
-{{- $actor := dict "num_cpus" (default 0 $gw.num_cpus) }}
+{{- $actor := dict "num_cpus" (default 0 $gw.num_cpus) "resources" (dict "serving_gateway" 1) }}
 {{- if .Values.ray.gatewayWorkers.enabled }}
-{{- $actor = dict "num_cpus" 0 "resources" (dict "serving_gateway" 1) }}
+{{- $_ := set $actor "num_cpus" 0 }}
 {{- end }}
 {{- $gateway := dict "name" "gateway" "num_replicas" (int (default 1 $gw.replicas)) "max_ongoing_requests" (int (default 1024 $gw.max_ongoing_requests)) "max_replicas_per_node" 1 "ray_actor_options" $actor }}
 {{- $apps := list (dict "name" $appName "import_path" "serving.app:gateway_builder" "route_prefix" (default "/" $gw.route_prefix) "args" (dict "config" $platform) "deployments" (list $gateway)) }}
