@@ -84,6 +84,7 @@ def stack(cluster: Cluster, namespace: str, tmp_path: Path, baked_models: Path) 
     if not cluster.get(f"/api/v1/nodes/{NODE}", missing_ok=True):
         cluster.create_ready_node(NODE, {"node-role.serving.dev/cpu": "true"}, cpu="32", memory="128Gi")
     for name in ("mlflow", "redis"):
+        shutil.rmtree(f"/tmp/{namespace}-{name}", ignore_errors=True)  # the hostPath of an earlier run's volume
         cluster.create_pv(f"{namespace}-{name}", size="20Gi")
     # the image's HOME (Dockerfile.cpu: /home/ray, owned by uid 1000; Ray Serve LLM writes ~/.cache/torch there)
     home = Path(tempfile.mkdtemp(prefix="serving-home-", dir=IMAGE_DIRS))
