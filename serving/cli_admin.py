@@ -25,10 +25,16 @@ def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, A
     import httpx
 
     from serving.cli import _base_url, _load
+    from serving.config import DEFAULT_CONFIG
+    from serving.policy_config import AuthConfig
 
-    cfg = _load(args.config)
-    url = (args.url or _base_url(cfg)).rstrip("/")
-    env = cfg.policies.auth.admin_key_env
+    if args.url and not args.config and not DEFAULT_CONFIG.is_file():
+        # a remote gateway from a plain `pip install` (configs/ is not installed): nothing to read locally
+        url, env = args.url.rstrip("/"), AuthConfig().admin_key_env
+    else:
+        cfg = _load(args.config)
+        url = (args.url or _base_url(cfg)).rstrip("/")
+        env = cfg.policies.auth.admin_key_env
     token = os.environ.get(env)
     if not token:
         raise AdminError(f"set {env} to the gateway's admin credential")
