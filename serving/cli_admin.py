@@ -25,11 +25,10 @@ def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, A
     import httpx
 
     from serving.cli import _base_url, _load
-    from serving.config import DEFAULT_CONFIG
     from serving.policy_config import AuthConfig
 
-    if args.url and not args.config and not DEFAULT_CONFIG.is_file():
-        # a remote gateway from a plain `pip install` (configs/ is not installed): nothing to read locally
+    if args.url and not args.config:
+        # a remote gateway: the local default config says nothing about it (and a plain `pip install` has none)
         url, env = args.url.rstrip("/"), AuthConfig().admin_key_env
     else:
         cfg = _load(args.config)
@@ -129,7 +128,8 @@ def add_parsers(sub: Any) -> None:
         for arg in positional:
             p.add_argument(arg)
         p.add_argument("--config", help="platform config (gateway URL, admin credential variable)")
-        p.add_argument("--url", help="gateway base URL (default: from the config)")
+        p.add_argument("--url", help="gateway base URL (default: from the config); alone, the admin credential is "
+                       "read from $SERVING_ADMIN_KEY (add --config for another policies.auth.admin_key_env)")
         p.set_defaults(func=func)
         return p
 

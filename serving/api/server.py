@@ -401,8 +401,7 @@ class Gateway:
             await self.policy.authenticate(ctx, request.headers)
         except PolicyError as exc:
             raise _api_error(exc) from None
-        tenant = self.policy.tenants.get(ctx.tenant)
-        return set(tenant.models) if tenant is not None and tenant.models is not None else None
+        return self.policy.allowed_models(ctx.tenant)
 
     def models(self, allowed: set[str] | None = None) -> dict[str, Any]:
         names = [n for n in [*self.router.groups, *self.routes.routes] if allowed is None or n in allowed]

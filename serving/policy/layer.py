@@ -236,11 +236,16 @@ class PolicyLayer:
         self._keys[digest] = (record, now)
         return Principal(record.tenant, record, digest)
 
+    def allowed_models(self, tenant: str) -> set[str] | None:
+        """The model groups and routes a tenant may use (its `models` allow list); None: all of them."""
+        tcfg = self.tenants.get(tenant)
+        return None if tcfg is None or tcfg.models is None else set(tcfg.models)
+
     def check_model(self, ctx: RequestContext, model: str) -> None:
         """403 when the tenant may not use this model group or route."""
         ctx.model = model
-        tcfg = self.tenants.get(ctx.tenant)
-        if tcfg is not None and tcfg.models is not None and model not in tcfg.models:
+        allowed = self.allowed_models(ctx.tenant)
+        if allowed is not None and model not in allowed:
             raise PolicyError(403, f"Tenant {ctx.tenant} is not allowed to use the model `{model}`.",
                               "model_not_allowed", param="model")
 
