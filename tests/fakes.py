@@ -1,7 +1,7 @@
 """Test doubles for the gateway: an `Engine` that answers like vLLM behind Ray Serve LLM, without either.
 
-`FakeEngine` yields what `RayLLMEngine` yields from a real `LLMServer` replica (after flattening Ray Serve
-LLM's per-interval lists):
+`FakeEngine` yields what `RayLLMEngine` yields from a real `LLMServer` replica: vLLM's outputs, made typed engine
+items by the same `serving.engines.ray_handle.to_item`:
 
 * streamed request: SSE strings built from vLLM's own protocol models, serialized the way vLLM's
   `OpenAIServingChat` / `OpenAIServingCompletion` do: a first chat chunk with `role: assistant`, one
@@ -35,7 +35,8 @@ from ray.serve.llm.openai_api_models import (
     ErrorResponse,
 )
 
-from serving.engines.base import EngineFailed, EngineUnavailable
+from serving.engines.base import EngineFailed, EngineItem, EngineUnavailable
+from serving.engines.ray_handle import to_item
 
 DONE = "data: [DONE]\n\n"
 DEFAULT_REPLY = "The capital of France is Paris."
@@ -135,7 +136,7 @@ class FakeEngine:
         if not self.healthy:
             raise EngineUnavailable(f"engine {self.name} is unavailable: ReplicaUnavailable")
 
-    async def generate(self, endpoint: str, request: Any) -> AsyncIterator[Any]:
+    async def generate(self, endpoint: str, request: Any) -> AsyncIterator[EngineItem]:
         self.calls.append(Call(endpoint, request.model_copy(deep=True)))
         self.started += 1
         request = request.model_copy()
@@ -152,7 +153,7 @@ class FakeEngine:
             if self.first_token_delay_s:
                 await asyncio.sleep(self.first_token_delay_s)
             if self.error is not None:
-                yield self.error
+                yield to_item(self.error)
                 return
             if getattr(request, "stream", False):
                 chunks = self._chat_chunks(request) if endpoint == "chat" else self._completion_chunks(request)
@@ -161,11 +162,12 @@ class FakeEngine:
                         raise self.fail_with(f"engine {self.name} failed: EngineDeadError")
                     if i and self.token_delay_s:
                         await asyncio.sleep(self.token_delay_s)
-                    yield chunk
+                    yield to_item(chunk)
             else:
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s * len(self.tokens_for(request)[0]))
-                yield self._chat_response(request) if endpoint == "chat" else self._completion_response(request)
+                yield to_item(self._chat_response(request) if endpoint == "chat"
+                              else self._completion_response(request))
         finally:
             self._texts.pop(id(request), None)
             self.closed += 1

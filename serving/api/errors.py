@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from serving.engines.base import Rejected
+
 logger = logging.getLogger("serving.api")
 
 _TYPES = {
@@ -71,11 +73,9 @@ class APIError(Exception):
         )
 
 
-def from_engine_error(error: Any) -> APIError:
-    """Map an engine's error object (vLLM `ErrorResponse`) to an `APIError` with the right status."""
-    info = getattr(error, "error", error)
-    status = int(getattr(info, "code", 500) or 500)
-    message = str(getattr(info, "message", "engine error"))
+def from_engine_error(error: Rejected) -> APIError:
+    """Map an engine's refusal (e.g. vLLM's `ErrorResponse`) to an `APIError` with the right status and code."""
+    status, message = error.status, error.message
     code = None
     lowered = message.lower()
     if status == 400 and ("context length" in lowered or "maximum model length" in lowered
@@ -87,7 +87,7 @@ def from_engine_error(error: Any) -> APIError:
         return APIError(502 if status == 500 else status, "the engine failed to serve the request",
                         code="engine_error")
     # OpenAI's error types by status (vLLM says "BadRequestError" where OpenAI says "invalid_request_error").
-    return APIError(status, message, param=getattr(info, "param", None), code=code)
+    return APIError(status, message, param=error.param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

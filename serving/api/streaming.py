@@ -1,19 +1,19 @@
-"""Server-sent events: relaying an engine's stream to the client, with the bookkeeping done exactly once."""
+"""Server-sent events, the one SSE module: relaying an engine's stream to the client (bookkeeping done exactly once),
+replaying a buffered answer as a stream, and error events."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from serving.api.errors import APIError
-from serving.engines.base import EngineFailed, EngineTimeout, EngineUnavailable
+from serving.engines.base import EngineFailed, EngineItem, EngineTimeout, EngineUnavailable
 from serving.policy.layer import StreamMeter
 
 logger = logging.getLogger("serving.gateway")
@@ -22,14 +22,6 @@ DONE = "data: [DONE]\n\n"
 
 FinishHook = Callable[[int, "dict[str, Any] | None", "float | None"], None]
 """`(status, usage, t_first) -> None`, called once when a stream ends (status 499: the client left)."""
-
-
-async def disconnected(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read, so only `http.disconnect` can come)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def error_event(exc: APIError) -> str:
@@ -51,7 +43,7 @@ class StreamRelay:
     chunk (sent on only if the client asked for it, optionally rewritten by `usage_chunk`), ends the stream with
     an OpenAI error event if the engine fails after the first byte, and calls `on_finish` exactly once."""
 
-    def __init__(self, gen: AsyncIterator[Any], engine: str, on_finish: FinishHook, *,
+    def __init__(self, gen: AsyncIterator[EngineItem], engine: str, on_finish: FinishHook, *,
                  usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  meter: StreamMeter | None = None):
         self.gen, self.engine, self.on_finish = gen, engine, on_finish
@@ -83,9 +75,12 @@ class StreamRelay:
                             yield DONE
                             break
                 try:
-                    chunk = await gen.__anext__()
+                    item = await gen.__anext__()
                 except StopAsyncIteration:
                     break
+                if not isinstance(item, str):  # an engine sends chunks only once its stream has started
+                    raise EngineFailed(f"engine {self.engine} sent a {type(item).__name__} inside a stream")
+                chunk = item
         except Exception as exc:
             # Bytes already went out: end the stream with an error event in the OpenAI shape.
             if isinstance(exc, EngineUnavailable):
@@ -121,3 +116,32 @@ class RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._stream.finish(499)
+
+
+def replay(body: dict[str, Any], endpoint: str, client_usage: bool) -> Iterator[str]:
+    """A complete (buffered or cached) answer as OpenAI stream chunks: role, content, finish, usage, [DONE]."""
+    base = {"id": body.get("id"), "created": body.get("created", int(time.time())), "model": body.get("model")}
+    serving = body.get("serving")
+    if endpoint == "chat":
+        base["object"] = "chat.completion.chunk"
+        for c in body.get("choices", []):
+            i, msg = c.get("index", 0), c.get("message") or {}
+            yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]})
+            delta = {k: msg[k] for k in ("content", "tool_calls", "refusal") if msg.get(k) is not None}
+            if delta:
+                yield sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": c.get("logprobs"),
+                                                "finish_reason": None}]})
+            yield sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                                            "finish_reason": c.get("finish_reason")}]})
+    else:
+        base["object"] = "text_completion"
+        for c in body.get("choices", []):
+            yield sse({**base, "choices": [{"index": c.get("index", 0), "text": c.get("text") or "",
+                                            "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason")}]})
+    if client_usage:
+        usage_chunk: dict[str, Any] = {**base, "choices": [], "usage": body.get("usage")}
+        if serving is not None:
+            usage_chunk["serving"] = serving
+        yield sse(usage_chunk)
+    yield DONE

@@ -15,10 +15,10 @@ Requests (vLLM's `ChatCompletionRequest` / `CompletionRequest`) are mapped to `P
 * completions: the prompt (a string, or a list of one string) is one user message; the answer comes back in the
   `text_completion` shape (`echo` prepends the prompt; `suffix`, `best_of > 1`, several prompts -> rejected).
 
-Non-streamed: yields ONE `openai.types.chat.ChatCompletion` / `openai.types.Completion` (id = the message id,
-finish_reason mapped: end_turn/stop_sequence/pause_turn -> stop, max_tokens/model_context_window_exceeded ->
-length, tool_use -> tool_calls, refusal -> content_filter; usage with prompt_tokens = input + cache tokens).
-Streamed: the raw event stream becomes `chat.completion.chunk` (or `text_completion`) SSE strings: a role chunk,
+Non-streamed: yields ONE `Completed` holding an `openai.types.chat.ChatCompletion` / `openai.types.Completion`
+(id = the message id, finish_reason mapped: end_turn/stop_sequence/pause_turn -> stop,
+max_tokens/model_context_window_exceeded -> length, tool_use -> tool_calls, refusal -> content_filter; usage with prompt_tokens = input + cache tokens).
+Streamed: the raw event stream becomes `chat.completion.chunk` (or `text_completion`) SSE `Chunk`s: a role chunk,
 one chunk per text delta, a finish chunk, the usage chunk (`"choices": []`) when
 `stream_options.include_usage`, then `data: [DONE]`.
 
@@ -39,8 +39,11 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 from serving.engines.base import (
+    Chunk,
+    Completed,
     Endpoint,
     EngineFailed,
+    EngineItem,
     EngineRejected,
     EngineTimeout,
     EngineUnavailable,
@@ -292,7 +295,7 @@ class AnthropicEngine:
 
     # -- Engine -------------------------------------------------------------------------------------------------
 
-    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
         kwargs = self.build_kwargs(endpoint, request)
         body = request_body(request)
         echo = body.get("prompt") if endpoint == "completions" and body.get("echo") else None
@@ -305,7 +308,7 @@ class AnthropicEngine:
         if error is not None:
             raise error  # outside the except block: no implicit __context__ (it may quote the key)
         if not kwargs.get("stream"):
-            yield self._response(endpoint, result, echo)
+            yield Completed(self._response(endpoint, result, echo))
             return
         opts = body.get("stream_options") or {}
         async for item in self._relay(endpoint, result, bool(opts.get("include_usage")), echo):
@@ -354,7 +357,7 @@ class AnthropicEngine:
             }
         )
 
-    async def _relay(self, endpoint: Endpoint, stream: Any, include_usage: bool, echo: str) -> AsyncIterator[str]:
+    async def _relay(self, endpoint: Endpoint, stream: Any, include_usage: bool, echo: str) -> AsyncIterator[Chunk]:
         """Anthropic's raw events as OpenAI chunks; faults while reading raise `EngineFailed` / `EngineTimeout`."""
         chat = endpoint == "chat"
         rid, model, created = "", self.model, int(time.time())
@@ -363,7 +366,7 @@ class AnthropicEngine:
         stop_reason: str | None = None
         stopped = False
 
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> Chunk:
             return sse(
                 json.dumps(
                     {
@@ -378,7 +381,7 @@ class AnthropicEngine:
                 )
             )
 
-        def content(text: str, reason: str | None = None) -> str:
+        def content(text: str, reason: str | None = None) -> Chunk:
             if chat:
                 delta = {"content": text} if reason is None else {}
                 return chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}])

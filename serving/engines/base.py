@@ -1,11 +1,55 @@
-"""The Engine interface the gateway calls, and the errors an engine call may raise."""
+"""The Engine interface the gateway calls: typed results and the errors an engine call may raise."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NewType, Protocol
 
 Endpoint = Literal["chat", "completions"]
+
+Chunk = NewType("Chunk", str)
+"""One server-sent event of a streamed answer, exactly as it goes on the wire: `"data: {...}\\n\\n"` (the last one
+is `"data: [DONE]\\n\\n"`)."""
+
+
+class Completed:
+    """A complete, non-streamed answer: the provider's response object (vLLM's or an SDK's pydantic model, or an
+    OpenAI-shaped dict). `body` is its JSON form, computed once."""
+
+    __slots__ = ("_body", "response")
+
+    def __init__(self, response: Any):
+        self.response = response
+        self._body: dict[str, Any] | None = response if isinstance(response, dict) else None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The answer as a JSON object (the fields the engine set)."""
+        if self._body is None:
+            self._body = self.response.model_dump(mode="json", exclude_unset=True)
+        return self._body
+
+    def __repr__(self) -> str:
+        return f"Completed({type(self.response).__name__})"
+
+
+class Rejected:
+    """The engine refused the request as it is (e.g. vLLM's 400 for a prompt longer than the context): the first
+    and only item of the call. `status` is the HTTP status the engine gave."""
+
+    __slots__ = ("code", "message", "param", "status", "type")
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def __repr__(self) -> str:
+        return f"Rejected({self.status}, {self.message!r})"
+
+
+EngineItem = Chunk | Completed | Rejected
+"""What `Engine.generate` yields: chunks for a streamed request, one `Completed` for a non-streamed one, or one
+`Rejected` first and only."""
 
 
 class EngineUnavailable(Exception):
@@ -29,13 +73,16 @@ class EngineRateLimited(EngineUnavailable):
 
 
 class EngineRejected(Exception):
-    """The engine refused this request as invalid (a 4xx from a cloud API): retrying it will not help."""
+    """The engine refused this request as invalid (a 4xx): retrying it will not help. `detail`: the engine's own
+    `Rejected` item, when it answered with one."""
 
-    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None,
+                 detail: Rejected | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.param = param
+        self.detail = detail
 
 
 TRANSIENT_ERRORS = (EngineUnavailable, EngineTimeout, EngineFailed)
@@ -43,18 +90,13 @@ TRANSIENT_ERRORS = (EngineUnavailable, EngineTimeout, EngineFailed)
 
 
 class Engine(Protocol):
-    """A model served behind the gateway.
-
-    `generate` yields, for a streamed request, SSE strings (`"data: {...}\\n\\n"`, ending in
-    `"data: [DONE]\\n\\n"`); for a non-streamed request, one response object with `model_dump_json()`
-    and `usage`; or, first and only, an error object with `.error.{message,type,param,code}` for a
-    request the engine rejects (e.g. context length exceeded).
-    """
+    """A model served behind the gateway (a Ray Serve LLM deployment or a cloud API)."""
 
     name: str
 
-    def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
-        """Start one request; raise `EngineUnavailable`/`EngineTimeout`/`EngineFailed` on faults."""
+    def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
+        """Start one request (a vLLM/OpenAI protocol request object); raise `EngineUnavailable`/`EngineTimeout`/
+        `EngineFailed` on faults, `EngineRejected` for a request the engine refuses."""
         ...
 
     async def check_health(self) -> None:

@@ -2,9 +2,8 @@
 
 What `generate` yields is what the gateway gets from a local engine (see `serving.engines.base.Engine`):
 
-* non-streamed request: ONE `openai.types.chat.ChatCompletion` / `openai.types.Completion` (pydantic, with
-  `usage`, `model_dump()`, `model_dump_json()`);
-* streamed request: `"data: <chunk json>\\n\\n"` per upstream chunk (the usage chunk with `"choices": []`
+* non-streamed request: ONE `Completed` holding an `openai.types.chat.ChatCompletion` / `openai.types.Completion`;
+* streamed request: a `Chunk` `"data: <chunk json>\\n\\n"` per upstream chunk (the usage chunk with `"choices": []`
   included when `stream_options.include_usage`), then `"data: [DONE]\\n\\n"`.
 
 Upstream faults are raised as the engine errors of `serving.engines.base`, never as SDK exceptions:
@@ -45,15 +44,18 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 from serving.engines.base import (
+    Chunk,
+    Completed,
     Endpoint,
     EngineFailed,
+    EngineItem,
     EngineRateLimited,
     EngineRejected,
     EngineTimeout,
     EngineUnavailable,
 )
 
-DONE = "data: [DONE]\n\n"
+DONE = Chunk("data: [DONE]\n\n")
 
 CHAT_PARAMS = frozenset(
     {
@@ -139,8 +141,8 @@ def sdk_http_client(default_client_cls: type, timeout_s: float, max_connections:
     return default_client_cls(timeout=timeout, limits=limits), timeout
 
 
-def sse(data: str) -> str:
-    return f"data: {data}\n\n"
+def sse(data: str) -> Chunk:
+    return Chunk(f"data: {data}\n\n")
 
 
 def request_body(request: Any) -> dict[str, Any]:
@@ -340,7 +342,7 @@ class OpenAICompatEngine:
 
     # -- Engine -------------------------------------------------------------------------------------------------
 
-    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
         kwargs = self.build_kwargs(endpoint, request)
         stream = bool(kwargs.get("stream"))
         create = self._client.chat.completions.create if endpoint == "chat" else self._client.completions.create
@@ -352,7 +354,7 @@ class OpenAICompatEngine:
         if error is not None:
             raise error  # outside the except block: no implicit __context__ (it may quote the key)
         if not stream:
-            yield self._check_response(endpoint, result)
+            yield Completed(self._check_response(endpoint, result))
             return
         async for item in self._relay(result):
             yield item
@@ -365,7 +367,7 @@ class OpenAICompatEngine:
             raise EngineFailed(f"engine {self.name}: malformed response from upstream ({got})")
         return result
 
-    async def _relay(self, stream: Any) -> AsyncIterator[str]:
+    async def _relay(self, stream: Any) -> AsyncIterator[Chunk]:
         """Upstream chunks as SSE strings, then `[DONE]`; faults while reading raise `EngineFailed`/`Timeout`."""
         iterator = stream.__aiter__()
         finished = False

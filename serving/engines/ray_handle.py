@@ -9,7 +9,7 @@ import ray.exceptions
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
-from serving.engines.base import Endpoint, EngineFailed, EngineUnavailable
+from serving.engines.base import Chunk, Completed, Endpoint, EngineFailed, EngineItem, EngineUnavailable, Rejected
 
 _UNAVAILABLE = (
     BackPressureError,
@@ -17,6 +17,18 @@ _UNAVAILABLE = (
     ray.exceptions.RayActorError,
     ray.exceptions.ActorUnavailableError,
 )
+
+
+def to_item(item: Any) -> EngineItem:
+    """One output of Ray Serve LLM's `LLMServer` (vLLM's protocol objects) as a typed engine item: an SSE string is
+    a `Chunk`, vLLM's `ErrorResponse` a `Rejected`, a response object a `Completed`."""
+    if isinstance(item, str):
+        return Chunk(item)
+    info = getattr(item, "error", None)
+    if info is not None and not hasattr(item, "choices"):
+        return Rejected(int(getattr(info, "code", 500) or 500), str(getattr(info, "message", "engine error")),
+                        type=getattr(info, "type", None), param=getattr(info, "param", None))
+    return Completed(item)
 
 
 class RayLLMEngine:
@@ -27,7 +39,7 @@ class RayLLMEngine:
         self._stream_handle = handle.options(stream=True)
         self._handle = handle
 
-    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[Any]:
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
         method = self._stream_handle.chat if endpoint == "chat" else self._stream_handle.completions
         responses = method.remote(request)
         finished = False
@@ -35,9 +47,9 @@ class RayLLMEngine:
             async for item in responses:
                 if type(item) is list:
                     for sub in item:
-                        yield sub
+                        yield to_item(sub)
                 else:
-                    yield item
+                    yield to_item(item)
             finished = True
         except _UNAVAILABLE as exc:
             raise EngineUnavailable(f"engine {self.name} is unavailable: {type(exc).__name__}") from exc

@@ -1,4 +1,8 @@
-"""Route resolution: which route (tier chain + gates) serves a request, by model name, tenant and override."""
+"""Resolution: which route (tier chain + gates) serves a request, by model name, tenant and override.
+
+A model group named directly is served as a route too: a one-tier chain through the group's own tier, without
+gates (per-request `serving.gates` may add some), so model groups and routes share one request path.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from serving.routing.gates import Gate, build_gates
-from serving.routing_config import RouteConfig, TenantConfig
+from serving.routing.groups import GroupRouter, UnknownModel
+from serving.routing.outcomes import TargetKind
+from serving.routing_config import RouteConfig, RouteTier, TenantConfig
 
 
 class UnknownRoute(LookupError):
@@ -15,19 +21,23 @@ class UnknownRoute(LookupError):
 
 @dataclass(frozen=True)
 class Route:
-    """A configured route with its gates built once."""
+    """A route with its gates built once; `kind` says whether it is configured or a model group's own."""
 
     name: str
     config: RouteConfig
     gates: Mapping[str, Gate]
+    kind: TargetKind = "route"
 
 
 class RouteTable:
-    """Routes and tenants; swapped atomically on reconfigure."""
+    """Routes and tenants (swapped atomically on reconfigure), and the one-tier routes of the model groups."""
 
-    def __init__(self) -> None:
+    def __init__(self, router: GroupRouter | None = None, group_deadline_s: float = 600.0) -> None:
         self.routes: dict[str, Route] = {}
         self.tenants: dict[str, TenantConfig] = {}
+        self.router = router
+        self.group_deadline_s = group_deadline_s
+        self._group_routes: dict[str, Route] = {}
 
     def update(self, routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig]) -> None:
         table = {}
@@ -36,12 +46,18 @@ class RouteTable:
             table[name] = old if old is not None and old.config == cfg else Route(name, cfg, build_gates(cfg.gates))
         self.routes, self.tenants = table, dict(tenants)
 
-    def resolve(self, model: str, tenant: str | None, requested: str | None) -> Route | None:
-        """The route for this request, or None when `model` is a plain model group.
+    def group_route(self, group: str) -> Route:
+        """The one-tier route of the model group `group` (its tier is `TierSet.group_tier(group)`)."""
+        route = self._group_routes.get(group)
+        if route is None:
+            cfg = RouteConfig(tiers=[RouteTier(tier=group)], deadline_s=self.group_deadline_s)
+            route = self._group_routes[group] = Route(group, cfg, {}, kind="model_group")
+        return route
 
-        Precedence: the request's `serving.route`, then the tenant's mapping for `model`, then the tenant's
-        default route, then the route named `model`.
-        """
+    def resolve(self, model: str, tenant: str | None, requested: str | None) -> Route:
+        """The route for this request. Precedence: the request's `serving.route`, then the tenant's mapping for
+        `model`, then the tenant's default route, then the route named `model`, then the model group `model`.
+        Raises `UnknownRoute` / `UnknownModel`."""
         if requested is not None:
             route = self.routes.get(requested)
             if route is None:
@@ -52,4 +68,9 @@ class RouteTable:
             name = spec.routes.get(model) or spec.default_route
             if name is not None:
                 return self.routes[name]
-        return self.routes.get(model)
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        if self.router is None or model not in self.router.groups:
+            raise UnknownModel(model)
+        return self.group_route(model)

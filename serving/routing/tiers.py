@@ -11,7 +11,7 @@ from serving.engines.base import Engine
 from serving.routing.groups import GroupRouter
 from serving.routing.health import EngineHealth
 from serving.routing.resilience import TierBreaker, TierDown
-from serving.routing_config import ProviderConfig, TierConfig
+from serving.routing_config import ProviderConfig, RetryConfig, TierConfig
 
 logger = logging.getLogger("serving.routing")
 
@@ -39,14 +39,24 @@ def default_cloud_factory(name: str, provider: ProviderConfig, tier: TierConfig)
 
 @dataclass
 class Tier:
-    """A configured tier: where its engine comes from, what it costs and whether its circuit is open."""
+    """A configured tier: where its engine comes from, what it costs and whether its circuit is open.
+
+    A model group named directly by a client is served as a one-tier chain through its own tier (`group=True`):
+    one try per request within the gateway's `request_timeout_s`, no breaker (the health probes take dead engines
+    out of traffic), no price."""
 
     name: str
     config: TierConfig
-    breaker: TierBreaker
+    breaker: TierBreaker | None
     kind: str  # "local" | "openai" | "anthropic"
     cloud: Engine | None = None
     cloud_error: str | None = None
+    group: bool = False
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `tier <name>`, or `model group <name>` for a group's own tier."""
+        return f"model group {self.name}" if self.group else f"tier {self.name}"
 
     @property
     def logprobs(self) -> bool:
@@ -62,11 +72,22 @@ class TierSet:
     """All tiers of the platform; local tiers pick an engine of their model group (by weight, skipping
     engines known to be down), cloud tiers use one SDK-backed engine each."""
 
-    def __init__(self, router: GroupRouter, health: EngineHealth, cloud_factory: CloudFactory = default_cloud_factory):
+    def __init__(self, router: GroupRouter, health: EngineHealth, cloud_factory: CloudFactory = default_cloud_factory,
+                 group_timeout_s: float = 600.0):
         self.router = router
         self.health = health
         self.cloud_factory = cloud_factory
+        self.group_timeout_s = group_timeout_s
         self.tiers: dict[str, Tier] = {}
+        self._group_tiers: dict[str, Tier] = {}
+
+    def group_tier(self, group: str) -> Tier:
+        """The tier that serves requests naming the model group `group` directly."""
+        tier = self._group_tiers.get(group)
+        if tier is None:
+            cfg = TierConfig(model_group=group, timeout_s=self.group_timeout_s, retry=RetryConfig(attempts=1))
+            tier = self._group_tiers[group] = Tier(group, cfg, None, "local", group=True)
+        return tier
 
     def update(self, tiers: Mapping[str, TierConfig], providers: Mapping[str, ProviderConfig]) -> None:
         """Apply a new tier table; a tier whose config is unchanged keeps its breaker and client."""
@@ -87,16 +108,21 @@ class TierSet:
             table[name] = tier
         self.tiers = table
 
-    def engine_for(self, tier: Tier) -> Engine:
-        """The engine that serves this call of `tier`; raises `TierDown` if none can."""
+    def engine_for(self, tier: Tier, pin: str | None = None) -> Engine:
+        """The engine that serves this call of `tier` (`pin`: that engine of a group); raises `TierDown` if none
+        can."""
         if tier.config.model_group is None:
             if tier.cloud is None:
                 raise TierDown(tier.cloud_error or f"tier {tier.name} has no client")
             return tier.cloud
-        group, engine = self.router.route(tier.config.model_group)
+        group, engine = self.router.route(tier.config.model_group, pin=pin)
+        if pin:
+            if engine.name in self.health.down:
+                raise TierDown(f"{tier.label}: engine {engine.name} is not available")
+            return engine
         chosen = self.health.choose(group, engine)
         if chosen is None:
-            raise TierDown(f"tier {tier.name}: no engine of model group {group.name} is available")
+            raise TierDown(f"{tier.label}: no engine of model group {group.name} is available")
         return chosen
 
     def model_name(self, tier: Tier, engine: Engine) -> str:

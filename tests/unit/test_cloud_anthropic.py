@@ -16,6 +16,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 from serving.engines.anthropic_messages import JSON_INSTRUCTION, AnthropicEngine, finish_reason
 from serving.engines.base import (
     TRANSIENT_ERRORS,
+    Completed,
     EngineFailed,
     EngineRateLimited,
     EngineRejected,
@@ -204,7 +205,8 @@ async def test_completions_prompt_is_one_user_message(srv, engine):
         "stop_sequences": ["Paris"],
         "messages": [{"role": "user", "content": text_blocks("Name the capital of France.")}],
     }
-    resp = items[0]
+    assert isinstance(items[0], Completed)
+    resp = items[0].response
     assert isinstance(resp, Completion) and resp.object == "text_completion"
     assert resp.choices[0].text == "The capital of" and resp.choices[0].finish_reason == "length"
 
@@ -222,7 +224,8 @@ async def test_unsupported_completions_are_rejected(srv, engine, fields):
 async def test_chat_non_streamed_yields_one_chat_completion(srv, engine):
     items, err = await drain(engine.generate("chat", chat()))
     assert err is None and len(items) == 1
-    resp = items[0]
+    assert isinstance(items[0], Completed)
+    resp = items[0].response
     assert isinstance(resp, ChatCompletion)
     assert resp.id.startswith("msg_") and resp.model == UPSTREAM_MODEL
     assert resp.choices[0].message.role == "assistant"
@@ -241,8 +244,8 @@ async def test_chat_non_streamed_yields_one_chat_completion(srv, engine):
 )
 async def test_chat_finish_reasons(srv, engine, fields, content, finish):
     items, _ = await drain(engine.generate("chat", chat(**fields)))
-    assert items[0].choices[0].message.content == content
-    assert items[0].choices[0].finish_reason == finish
+    assert items[0].response.choices[0].message.content == content
+    assert items[0].response.choices[0].finish_reason == finish
 
 
 def test_finish_reason_mapping():

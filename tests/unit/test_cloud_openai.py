@@ -15,6 +15,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 
 from serving.engines.base import (
     TRANSIENT_ERRORS,
+    Completed,
     EngineFailed,
     EngineRateLimited,
     EngineRejected,
@@ -154,7 +155,8 @@ async def test_no_sdk_retries(srv, engine):
 async def test_chat_non_streamed_yields_one_chat_completion(srv, engine):
     items, err = await drain(engine.generate("chat", chat()))
     assert err is None and len(items) == 1
-    resp = items[0]
+    assert isinstance(items[0], Completed)
+    resp = items[0].response
     assert isinstance(resp, ChatCompletion)
     assert resp.choices[0].message.content == DEFAULT_REPLY
     assert resp.choices[0].finish_reason == "stop"
@@ -164,8 +166,8 @@ async def test_chat_non_streamed_yields_one_chat_completion(srv, engine):
 
 async def test_chat_max_tokens_gives_finish_length(srv, engine):
     items, _ = await drain(engine.generate("chat", chat(max_tokens=2)))
-    assert items[0].choices[0].message.content == "The capital"
-    assert items[0].choices[0].finish_reason == "length"
+    assert items[0].response.choices[0].message.content == "The capital"
+    assert items[0].response.choices[0].finish_reason == "length"
 
 
 async def test_chat_streamed_sse(srv, engine):
@@ -201,14 +203,15 @@ async def test_chat_streamed_logprobs_pass_through(srv, engine):
 
 async def test_chat_non_streamed_logprobs(srv, engine):
     items, _ = await drain(engine.generate("chat", chat(logprobs=True, top_logprobs=1)))
-    content = items[0].choices[0].logprobs.content
+    content = items[0].response.choices[0].logprobs.content
     assert [t.token for t in content] == ["The", " capital", " of", " France", " is", " Paris."]
 
 
 async def test_completions_non_streamed(srv, engine):
     items, err = await drain(engine.generate("completions", completion(max_tokens=50, logprobs=1)))
     assert err is None and len(items) == 1
-    resp = items[0]
+    assert isinstance(items[0], Completed)
+    resp = items[0].response
     assert isinstance(resp, Completion)
     assert resp.choices[0].text == DEFAULT_REPLY and resp.usage.completion_tokens == 6
     assert resp.choices[0].logprobs.tokens[0] == "The"
@@ -235,7 +238,7 @@ async def test_completions_streamed(srv, engine):
 async def test_reply_callable_sees_the_request(srv, engine):
     srv.reply = lambda body: f"You sent {len(body['messages'])} message(s) to {body['model']}."
     items, _ = await drain(engine.generate("chat", chat()))
-    assert items[0].choices[0].message.content == f"You sent 1 message(s) to {UPSTREAM_MODEL}."
+    assert items[0].response.choices[0].message.content == f"You sent 1 message(s) to {UPSTREAM_MODEL}."
 
 
 # ------------------------------------------------------------------------------------------- faults
@@ -419,4 +422,4 @@ async def test_closing_a_stream_early_is_clean(srv, engine):
 
 async def test_dict_requests_work_too(srv, engine):
     items, err = await drain(engine.generate("chat", {"model": "x", "messages": MESSAGES, "max_tokens": 3}))
-    assert err is None and items[0].choices[0].message.content == "The capital of"
+    assert err is None and items[0].response.choices[0].message.content == "The capital of"

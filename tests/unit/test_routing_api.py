@@ -348,7 +348,7 @@ async def test_all_tiers_down_answers_503_with_retry_after(env):
     e.small.unavailable = e.big.unavailable = True
     resp = await e.chat()
     assert resp.status_code == 503
-    assert resp.json()["error"]["code"] == "tiers_unavailable"
+    assert resp.json()["error"]["code"] == "engine_unavailable"
     assert resp.headers["retry-after"]
 
 

@@ -195,14 +195,16 @@ async def test_the_breaker_opens_and_the_dead_tier_is_skipped_without_calls(env,
     assert 'serving_breaker_state{tier="openai"} 2.0' in metrics
 
 
-async def test_all_clouds_down_is_a_503_in_the_envelope(env, clouds):
+async def test_all_clouds_failing_is_a_502_in_the_envelope(env, clouds):
+    """Every tier failed with a server error (as a model group's engine failing): 502 engine_error, like a group."""
     oa, an = clouds
     e = env()
     oa.default = an.default = "status:500"
     resp = await e.chat()
-    assert resp.status_code == 503
+    assert resp.status_code == 502
     body = resp.json()
-    assert body["error"]["code"] == "tiers_unavailable"
+    assert body["error"]["code"] == "engine_error"
+    assert "upstream" not in body["error"]["message"]
     assert [a["tier"] for a in body["serving"]["attempts"]] == ["openai", "claude"]
     assert_no_key(resp)
 

@@ -1,0 +1,155 @@
+"""The dispatch and complete stages: a resolved request through its tier chain, answered as JSON or SSE.
+
+A model group and a route take this same path (a model group is a one-tier route without gates): non-streamed and
+gated streamed requests are served to completion by the cascade (a gated stream is buffered, checked, then replayed
+as SSE); ungated streams are relayed from the first tier that answers. The client leaving cancels the engine call.
+Every failure becomes one `APIError`, whichever name the client used.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from serving.api.cancel import ClientGone, until_disconnect
+from serving.api.errors import APIError, from_engine_error
+from serving.api.protocol import ParsedRequest
+from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, replay
+from serving.observability.recorder import RequestRecord
+from serving.policy.layer import PolicyLayer, RequestContext
+from serving.policy.route_pii import RoutePII
+from serving.routing.cascade import SAME, Cascade
+from serving.routing.outcomes import CascadeError, Outcome, StreamStart
+from serving.routing.routes import Route
+
+
+def to_api_error(exc: CascadeError, route: Route) -> APIError:
+    """A cascade failure as the endpoint's error; a configured route's carries its attempts (`serving` field)."""
+    if exc.detail is not None:
+        err = from_engine_error(exc.detail)
+    else:
+        headers = {"retry-after": f"{exc.retry_after_s:g}"} if exc.retry_after_s else None
+        err = APIError(exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
+    if route.kind == "route":
+        err.extra = {"serving": {"attempts": [a.to_dict() for a in exc.attempts]}}
+    return err
+
+
+def dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def client_body(outcome: Outcome, parsed: ParsedRequest) -> dict[str, Any]:
+    """The accepted answer as the client gets it: logprobs only if asked for; a route's adds the `serving` field."""
+    assert outcome.answer is not None
+    body = dict(outcome.answer.body)
+    asked = parsed.request.logprobs
+    if asked is None or asked is False:
+        body["choices"] = [c if c.get("logprobs") is None else {**c, "logprobs": None}
+                           for c in body.get("choices", [])]
+    if outcome.kind == "route":
+        body["serving"] = outcome.extension()
+    return body
+
+
+def account(ctx: RequestContext, outcome: Outcome, usage: dict[str, Any] | None) -> None:
+    """What the policy layer settles and audits: usage, cost, the tiers tried, the version that answered."""
+    ctx.usage, ctx.cost_usd = usage, outcome.cost_usd
+    ctx.details.update(tier=outcome.tier, flagged=outcome.flagged, attempts=[a.audit() for a in outcome.attempts],
+                       versions=[outcome.model] if outcome.model else [])
+
+
+class Dispatcher:
+    """Serves resolved, admitted requests through the cascade and completes them (metrics, settle, audit)."""
+
+    def __init__(self, cascade: Cascade, policy: PolicyLayer, pii: RoutePII):
+        self.cascade = cascade
+        self.policy = policy
+        self.pii = pii
+
+    async def _cloud_request(self, route: Route, endpoint: str, parsed: ParsedRequest, ctx: RequestContext) -> Any:
+        policy = route.config.pii
+        if policy.action == "allow" or route.kind == "model_group" or all(
+                self.cascade.tiers.tiers[t.tier].config.is_local for t in route.config.tiers):
+            return SAME
+        return await self.pii.cloud_request(route.name, policy, endpoint, parsed.body, parsed.request, ctx)
+
+    async def dispatch(self, request: Request | None, endpoint: str, parsed: ParsedRequest, route: Route,
+                       pin: str | None, ctx: RequestContext, rec: RequestRecord) -> Response:
+        """Serve the request; raises `APIError` (recorded by the caller) when no tier answered acceptably."""
+        try:
+            cfg, gates = self.cascade.plan(route, parsed.overrides)
+        except ValueError as exc:
+            raise APIError(400, f"Invalid 'serving' overrides: {exc}", param="serving") from None
+        cloud = await self._cloud_request(route, endpoint, parsed, ctx)
+        rec.begin()
+        try:
+            if gates or not parsed.stream:
+                work: Awaitable[Outcome | StreamStart] = self.cascade.run(
+                    route, cfg, gates, endpoint, parsed.request, ctx.label, cloud_request=cloud, pin=pin)
+            else:
+                work = self.cascade.open_stream(route, cfg, endpoint, parsed.request, ctx.label,
+                                                cloud_request=cloud, pin=pin)
+            result = await until_disconnect(request, work)
+        except CascadeError as exc:
+            ctx.details["attempts"] = [a.audit() for a in exc.attempts]
+            rec.engine = next((a.model for a in reversed(exc.attempts) if a.model and a.kind != "judge"), "")
+            raise to_api_error(exc, route) from None
+        except ClientGone:
+            return Response(status_code=499)
+        if isinstance(result, StreamStart):
+            return self._relay(result, parsed, ctx, rec)
+        return self._complete(route, endpoint, result, parsed, ctx, rec)
+
+    def _complete(self, route: Route, endpoint: str, outcome: Outcome, parsed: ParsedRequest, ctx: RequestContext,
+                  rec: RequestRecord) -> Response:
+        body = client_body(outcome, parsed)
+        usage = body.get("usage")
+        headers = {**outcome.headers(), **ctx.headers}
+        account(ctx, outcome, usage)
+        self.pii.scan_answer(route.name, route.config.pii, endpoint, body, ctx)
+        text = dumps(body)
+        if not outcome.flagged:
+            self.policy.cache_put(ctx, text)
+        if ctx.cache != "off":
+            headers["x-serving-cache"] = ctx.cache
+        rec.engine = outcome.model or ""
+        if not parsed.stream:
+            rec.finish(200, usage)
+            return Response(text, media_type="application/json", headers=headers)
+        ctx.t_first = time.perf_counter()
+        rec.finish(200, usage, t_first=ctx.t_first)
+        return StreamingResponse(replay(body, endpoint, parsed.client_usage), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **headers})
+
+    def _relay(self, st: StreamStart, parsed: ParsedRequest, ctx: RequestContext, rec: RequestRecord) -> Response:
+        outcome = st.outcome
+        rec.engine = outcome.model or ""
+        charged = False
+
+        def add_extension(chunk: dict[str, Any]) -> dict[str, Any]:
+            nonlocal charged
+            self.cascade.finish_stream(st, chunk.get("usage"))
+            charged = True
+            return {**chunk, "serving": outcome.extension()}
+
+        def on_finish(status: int, usage: dict[str, Any] | None, t_first: float | None) -> None:
+            if not charged:
+                self.cascade.finish_stream(st, usage)
+            rec.finish(status, usage, t_first)
+            account(ctx, outcome, usage)
+            ctx.t_first = t_first
+            self.policy.complete(ctx, status, error=None if status == 200 else "stream_ended")
+
+        ctx.deferred = True
+        meter = self.policy.meter(ctx, st.tier.cost(0, 1))
+        relay = StreamRelay(st.gen, outcome.model or "", on_finish, meter=meter,
+                            usage_chunk=add_extension if outcome.kind == "route" else None)
+        assert isinstance(st.first, str)  # a stream's first item is a chunk (refusals were raised by the call)
+        return RelayResponse(relay, relay.relay(st.first, parsed.client_usage), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **outcome.headers(with_cost=False), **ctx.headers})

@@ -1,0 +1,179 @@
+"""The request pipeline: every inference endpoint goes through the same stages.
+
+    parse -> authenticate -> resolve -> admit -> cache -> dispatch -> complete
+
+`parse` is the endpoint's own (its wire protocol -> one `ParsedRequest`); everything after it is shared, so a
+model group and a route, or two endpoints, never answer the same problem differently. Each request is completed
+exactly once: metrics (`RequestRecord`), settle and audit (`PolicyLayer.complete`), also when it is refused or the
+client leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from serving.api.dispatch import Dispatcher
+from serving.api.errors import APIError
+from serving.api.protocol import ParsedRequest
+from serving.api.shadow import Mirror
+from serving.api.streaming import SSE_HEADERS, replay
+from serving.observability.metrics import GatewayMetrics
+from serving.observability.recorder import RequestRecord
+from serving.policy.layer import PolicyError, PolicyLayer, Principal, RequestContext
+from serving.routing.groups import CALLER_KEY, GroupRouter, UnknownEngine, UnknownModel
+from serving.routing.health import EngineHealth
+from serving.routing.routes import Route, RouteTable, UnknownRoute
+
+Parser = Callable[[bytes], ParsedRequest]
+
+
+def policy_error(exc: PolicyError) -> APIError:
+    """A policy refusal in the endpoint's error envelope."""
+    return APIError(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
+
+
+def request_id(request: Request) -> str | None:
+    state = request.scope.get("state") or {}
+    return state.get("request_id") or request.headers.get("x-request-id")
+
+
+def caller_key(request: Request | None, engine_request: Any, key_id: str | None = None) -> str | None:
+    """Who is calling, for sticky version picks: the request's OpenAI `user` field, else the x-serving-user header,
+    else the API key (its id, or a hash of the Authorization header); None for anonymous callers (they get a
+    weighted random pick)."""
+    user = getattr(engine_request, "user", None)
+    if user:
+        return f"user:{user}"
+    if request is None:
+        return None
+    if header := request.headers.get("x-serving-user"):
+        return f"user:{header}"
+    if key_id:
+        return f"key:{key_id}"
+    if auth := request.headers.get("authorization"):
+        return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:24]
+    return None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it is larger than `limit` bytes."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"The request body is larger than {limit} bytes.")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise APIError(413, f"The request body is larger than {limit} bytes.")
+        parts.append(part)
+    return b"".join(parts)
+
+
+class Pipeline:
+    """The stages of one gateway replica, wired to its router, routes, policies and cascade."""
+
+    def __init__(self, router: GroupRouter, routes: RouteTable, health: EngineHealth, policy: PolicyLayer,
+                 dispatcher: Dispatcher, mirror: Mirror, metrics: GatewayMetrics, max_body_bytes: int):
+        self.router, self.routes, self.health = router, routes, health
+        self.policy, self.dispatcher, self.mirror = policy, dispatcher, mirror
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, request: Request, endpoint: str, parse: Parser) -> Response:
+        """Serve one request; every request, refused or answered, is recorded, settled and audited once."""
+        ctx = self.policy.begin(endpoint, request_id(request))
+        rec = RequestRecord(self.metrics, endpoint, ctx.start)
+        try:
+            response = await self._stages(request, endpoint, parse, ctx, rec)
+        except APIError as exc:
+            rec.finish(exc.status)
+            self.policy.complete(ctx, exc.status, error=exc.code or exc.type)
+            raise
+        except BaseException:
+            rec.finish(499)
+            self.policy.complete(ctx, 499, error="client_gone")
+            raise
+        if not ctx.deferred:
+            rec.finish(response.status_code)
+            self.policy.complete(ctx, response.status_code)
+        return response
+
+    async def _stages(self, request: Request, endpoint: str, parse: Parser, ctx: RequestContext,
+                      rec: RequestRecord) -> Response:
+        principal = await self.authenticate(ctx, request)
+        parsed = parse(await read_body(request, self.max_body_bytes))
+        ctx.stream = parsed.stream
+        CALLER_KEY.set(caller_key(request, parsed.request, principal.key.id if principal.key else None))
+        route, pin = self.resolve(parsed, principal)
+        rec.name = route.name
+        await self.admit(ctx, endpoint, route, parsed)
+        cached = await self.policy.cache_lookup(ctx, parsed.body, parsed.overrides,
+                                                request.headers.get("cache-control"))
+        if cached is not None:
+            rec.engine = "cache"
+            return self.cached(ctx, cached, route, endpoint, parsed)
+        ctx.details = {"model_group" if route.kind == "model_group" else "route": route.name}
+        if route.kind == "model_group" and pin is None:
+            self.shadow(route.name, endpoint, parsed.request)
+        return await self.dispatcher.dispatch(request, endpoint, parsed, route, pin, ctx, rec)
+
+    async def authenticate(self, ctx: RequestContext, request: Request) -> Principal:
+        """The caller (API key -> tenant); 401/503 in the envelope."""
+        try:
+            return await self.policy.authenticate(ctx, request.headers)
+        except PolicyError as exc:
+            raise policy_error(exc) from None
+
+    def resolve(self, parsed: ParsedRequest, principal: Principal) -> tuple[Route, str | None]:
+        """The route (configured, or a model group's one-tier route) and the pinned engine, if any."""
+        overrides = parsed.overrides
+        pin = overrides.engine if overrides else None
+        try:
+            route = self.routes.resolve(parsed.model, principal.tenant, overrides.route if overrides else None)
+            if pin:
+                if route.kind != "model_group":
+                    raise APIError(400, "serving.engine applies to model groups, not to routes.",
+                                   param="serving.engine")
+                self.router.group(route.name).pinned(pin)
+        except UnknownEngine as exc:
+            raise APIError(400, f"The model group `{parsed.model}` has no engine `{exc.args[0]}`.",
+                           param="serving.engine", code="engine_not_found") from None
+        except UnknownRoute as exc:
+            raise APIError(404, f"The route `{exc.args[0]}` does not exist.", param="serving.route",
+                           code="route_not_found") from None
+        except UnknownModel as exc:
+            raise APIError(404, f"The model `{exc.args[0]}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found") from None
+        return route, pin
+
+    async def admit(self, ctx: RequestContext, endpoint: str, route: Route, parsed: ParsedRequest) -> None:
+        """The tenant's allow list, then limits, quotas, budgets and kill switches (403/429/503 in the envelope)."""
+        try:
+            self.policy.check_model(ctx, route.name)
+            await self.policy.admit(ctx, endpoint, parsed.body)
+        except PolicyError as exc:
+            raise policy_error(exc) from None
+
+    def cached(self, ctx: RequestContext, cached: str, route: Route, endpoint: str, parsed: ParsedRequest) -> Response:
+        """A cache hit, as JSON or replayed as SSE."""
+        ctx.details = {"model_group" if route.kind == "model_group" else "route": route.name, **ctx.details}
+        body = json.loads(cached)
+        headers = {**ctx.headers, "x-serving-cache": ctx.cache, "x-serving-model": str(body.get("model") or "")}
+        if not parsed.stream:
+            return Response(cached, media_type="application/json", headers=headers)
+        return StreamingResponse(replay(body, endpoint, parsed.client_usage),
+                                 media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+    def shadow(self, group_name: str, endpoint: str, engine_request: Any) -> None:
+        """Mirror a share of a model group's requests to its shadow engine (blue-green warm-up)."""
+        group = self.router.groups.get(group_name)
+        mirror = group.mirror() if group is not None else None
+        if mirror is not None and group is not None and mirror not in group.engines \
+                and mirror.name not in self.health.down:
+            self.mirror.send(mirror, group_name, endpoint, engine_request)
