@@ -144,6 +144,21 @@ class ModelGroupConfig(_Strict):
         return self
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces of the request path (one trace per request: a span per stage and per tier attempt)."""
+
+    enabled: bool = Field(False, description="Export traces (off: no spans are made at all).")
+    endpoint: str | None = Field(
+        None, description="OTLP endpoint, e.g. http://otel-collector:4318/v1/traces (http/protobuf) or "
+        "http://otel-collector:4317 (grpc); default: the exporter's, from OTEL_EXPORTER_OTLP_* variables.",
+    )
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    service_name: str = Field("serving-gateway", min_length=1, description="The `service.name` resource attribute.")
+    sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of new traces recorded; a client's sampled traceparent is followed."
+    )
+
+
 class GatewayConfig(_Strict):
     """The OpenAI-compatible ingress deployment."""
 
@@ -169,6 +184,7 @@ class GatewayConfig(_Strict):
             "the Serve port reaches a random replica). The Helm chart sets it; at most one replica per node."
         ),
     )
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @field_validator("route_prefix")
     @classmethod

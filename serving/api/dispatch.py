@@ -21,6 +21,7 @@ from serving.api.errors import APIError, from_engine_error
 from serving.api.protocol import ParsedRequest
 from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, replay
 from serving.observability.recorder import RequestRecord
+from serving.observability.tracing import annotate
 from serving.policy.layer import PolicyLayer, RequestContext
 from serving.policy.route_pii import RoutePII
 from serving.routing.cascade import SAME, Cascade
@@ -97,11 +98,15 @@ class Dispatcher:
                                                 cloud_request=cloud, pin=pin)
             result = await until_disconnect(request, work)
         except CascadeError as exc:
+            annotate(rec.span, **{"serving.attempts": len(exc.attempts)})
             ctx.details["attempts"] = [a.audit() for a in exc.attempts]
             rec.engine = next((a.model for a in reversed(exc.attempts) if a.model and a.kind != "judge"), "")
             raise to_api_error(exc, route) from None
         except ClientGone:
             return Response(status_code=499)
+        outcome = result.outcome if isinstance(result, StreamStart) else result
+        annotate(rec.span, **{"gen_ai.response.model": outcome.model, "serving.tier": outcome.tier,
+                              "serving.flagged": outcome.flagged, "serving.attempts": outcome.attempt_count})
         if isinstance(result, StreamStart):
             return self._relay(result, parsed, ctx, rec)
         return self._complete(route, endpoint, result, parsed, ctx, rec)

@@ -25,6 +25,7 @@ from serving.api.shadow import Mirror
 from serving.api.streaming import SSE_HEADERS, replay
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.recorder import RequestRecord
+from serving.observability.tracing import Tracing, annotate
 from serving.policy.layer import PolicyError, PolicyLayer, Principal, RequestContext
 from serving.routing.groups import CALLER_KEY, GroupRouter, UnknownEngine, UnknownModel
 from serving.routing.health import EngineHealth
@@ -79,18 +80,21 @@ class Pipeline:
     """The stages of one gateway replica, wired to its router, routes, policies and cascade."""
 
     def __init__(self, router: GroupRouter, routes: RouteTable, health: EngineHealth, policy: PolicyLayer,
-                 dispatcher: Dispatcher, mirror: Mirror, metrics: GatewayMetrics, max_body_bytes: int):
+                 dispatcher: Dispatcher, mirror: Mirror, metrics: GatewayMetrics, max_body_bytes: int,
+                 tracing: Tracing | None = None):
         self.router, self.routes, self.health = router, routes, health
         self.policy, self.dispatcher, self.mirror = policy, dispatcher, mirror
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request, endpoint: str, parse: Parser) -> Response:
         """Serve one request; every request, refused or answered, is recorded, settled and audited once."""
         ctx = self.policy.begin(endpoint, request_id(request))
-        rec = RequestRecord(self.metrics, endpoint, ctx.start)
+        rec = RequestRecord(self.metrics, endpoint, ctx.start, self.tracing.request(endpoint, request.headers))
         try:
-            response = await self._stages(request, endpoint, parse, ctx, rec)
+            with self.tracing.current(rec.span):
+                response = await self._stages(request, endpoint, parse, ctx, rec)
         except APIError as exc:
             rec.finish(exc.status)
             self.policy.complete(ctx, exc.status, error=exc.code or exc.type)
@@ -106,22 +110,39 @@ class Pipeline:
 
     async def _stages(self, request: Request, endpoint: str, parse: Parser, ctx: RequestContext,
                       rec: RequestRecord) -> Response:
-        principal = await self.authenticate(ctx, request)
-        parsed = parse(await read_body(request, self.max_body_bytes))
+        tracing, span = self.tracing, rec.span
+        with tracing.stage("authenticate"):
+            principal = await self.authenticate(ctx, request)
+        with tracing.stage("parse"):
+            parsed = parse(await read_body(request, self.max_body_bytes))
         ctx.stream = parsed.stream
+        if span is not None:
+            span.update_name(f"{span.name} {parsed.model}")  # type: ignore[attr-defined]
+            r = parsed.request
+            max_tokens = getattr(r, "max_completion_tokens", None) or getattr(r, "max_tokens", None)
+            annotate(span, **{"gen_ai.request.model": parsed.model, "serving.stream": parsed.stream,
+                              "gen_ai.request.max_tokens": max_tokens,
+                              "gen_ai.request.temperature": getattr(r, "temperature", None),
+                              "gen_ai.request.top_p": getattr(r, "top_p", None)})
         CALLER_KEY.set(caller_key(request, parsed.request, principal.key.id if principal.key else None))
-        route, pin = self.resolve(parsed, principal)
+        with tracing.stage("resolve"):
+            route, pin = self.resolve(parsed, principal)
         rec.name = route.name
-        await self.admit(ctx, endpoint, route, parsed)
-        cached = await self.policy.cache_lookup(ctx, parsed.body, parsed.overrides,
-                                                request.headers.get("cache-control"))
+        annotate(span, **{f"serving.{route.kind}": route.name, "serving.tenant": ctx.label, "serving.pin": pin})
+        with tracing.stage("admit"):
+            await self.admit(ctx, endpoint, route, parsed)
+        with tracing.stage("cache"):
+            cached = await self.policy.cache_lookup(ctx, parsed.body, parsed.overrides,
+                                                    request.headers.get("cache-control"))
+        annotate(span, **{"serving.cache": ctx.cache})
         if cached is not None:
             rec.engine = "cache"
             return self.cached(ctx, cached, route, endpoint, parsed)
         ctx.details = {"model_group" if route.kind == "model_group" else "route": route.name}
         if route.kind == "model_group" and pin is None:
             self.shadow(route.name, endpoint, parsed.request)
-        return await self.dispatcher.dispatch(request, endpoint, parsed, route, pin, ctx, rec)
+        with tracing.stage("dispatch"):
+            return await self.dispatcher.dispatch(request, endpoint, parsed, route, pin, ctx, rec)
 
     async def authenticate(self, ctx: RequestContext, request: Request) -> Principal:
         """The caller (API key -> tenant); 401/503 in the envelope."""

@@ -24,6 +24,7 @@ from serving.api.protocol import parse_chat, parse_completion
 from serving.api.shadow import Mirror
 from serving.config import GatewayConfig
 from serving.observability.metrics import GatewayMetrics
+from serving.observability.tracing import Tracing, provider_from_config
 from serving.policy.layer import PolicyError, PolicyLayer
 from serving.policy.route_pii import RoutePII
 from serving.policy_config import PoliciesConfig
@@ -39,7 +40,7 @@ class Gateway:
     """One gateway replica: its router, tiers, routes and policies, and the pipeline that serves requests."""
 
     def __init__(self, router: GroupRouter, settings: GatewayConfig, metrics: GatewayMetrics,
-                 cloud_factory: CloudFactory | None = None):
+                 cloud_factory: CloudFactory | None = None, tracer_provider: Any = None):
         self.router = router
         self.settings = settings
         self.metrics = metrics
@@ -49,10 +50,12 @@ class Gateway:
                              group_timeout_s=settings.request_timeout_s)
         self.routes = RouteTable(router, group_deadline_s=settings.request_timeout_s)
         self.policy = PolicyLayer(metrics, settings.tenant_header)
-        self.cascade = Cascade(self.tiers, metrics)
+        self.tracer_provider = tracer_provider or provider_from_config(settings.tracing)
+        self.tracing = Tracing(self.tracer_provider)
+        self.cascade = Cascade(self.tiers, metrics, self.tracing)
         self.pipeline = Pipeline(
             router, self.routes, self.health, self.policy, Dispatcher(self.cascade, self.policy, RoutePII(metrics)),
-            Mirror(metrics, settings.request_timeout_s), metrics, settings.max_body_bytes,
+            Mirror(metrics, settings.request_timeout_s), metrics, settings.max_body_bytes, self.tracing,
         )
 
     def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
@@ -117,12 +120,14 @@ def build_api(
     *,
     add_request_id: bool = True,
     cloud_factory: CloudFactory | None = None,
+    tracer_provider: Any = None,
 ) -> FastAPI:
-    """The gateway's ASGI app; `add_request_id=False` when a front proxy (Ray Serve's) sets x-request-id.
+    """The gateway's ASGI app; `add_request_id=False` when a front proxy (Ray Serve's) sets x-request-id;
+    `tracer_provider`: an OpenTelemetry `TracerProvider` (default: from `settings.tracing`, None when off).
 
     Routes start empty: `app.state.gateway.update_routing(...)` sets them (the ingress does on reconfigure).
     """
-    gw = Gateway(router, settings, metrics or GatewayMetrics(), cloud_factory)
+    gw = Gateway(router, settings, metrics or GatewayMetrics(), cloud_factory, tracer_provider)
     app = FastAPI(title="serving gateway", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
     install_error_handlers(app)

@@ -17,7 +17,8 @@ Requests (vLLM's `ChatCompletionRequest` / `CompletionRequest`) are mapped to `P
 
 Non-streamed: yields ONE `Completed` holding an `openai.types.chat.ChatCompletion` / `openai.types.Completion`
 (id = the message id, finish_reason mapped: end_turn/stop_sequence/pause_turn -> stop,
-max_tokens/model_context_window_exceeded -> length, tool_use -> tool_calls, refusal -> content_filter; usage with prompt_tokens = input + cache tokens).
+max_tokens/model_context_window_exceeded -> length, tool_use -> tool_calls, refusal -> content_filter; usage with
+prompt_tokens = input + cache tokens).
 Streamed: the raw event stream becomes `chat.completion.chunk` (or `text_completion`) SSE `Chunk`s: a role chunk,
 one chunk per text delta, a finish chunk, the usage chunk (`"choices": []`) when
 `stream_options.include_usage`, then `data: [DONE]`.
@@ -58,6 +59,7 @@ from serving.engines.openai_compat import (
     sse,
     status_error,
 )
+from serving.observability.tracing import inject_headers
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -297,6 +299,8 @@ class AnthropicEngine:
 
     async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
         kwargs = self.build_kwargs(endpoint, request)
+        if trace_headers := inject_headers():  # W3C traceparent of this tier attempt
+            kwargs["extra_headers"] = trace_headers
         body = request_body(request)
         echo = body.get("prompt") if endpoint == "completions" and body.get("echo") else None
         echo = (echo[0] if isinstance(echo, list) else echo) or ""

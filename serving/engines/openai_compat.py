@@ -54,6 +54,7 @@ from serving.engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
+from serving.observability.tracing import inject_headers
 
 DONE = Chunk("data: [DONE]\n\n")
 
@@ -344,6 +345,8 @@ class OpenAICompatEngine:
 
     async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
         kwargs = self.build_kwargs(endpoint, request)
+        if trace_headers := inject_headers():  # W3C traceparent of this tier attempt
+            kwargs["extra_headers"] = trace_headers
         stream = bool(kwargs.get("stream"))
         create = self._client.chat.completions.create if endpoint == "chat" else self._client.completions.create
         error: BaseException | None = None

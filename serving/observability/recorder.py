@@ -9,16 +9,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from opentelemetry.trace import Span
+
+from serving.observability import tracing
 from serving.observability.metrics import GatewayMetrics
 
 
 class RequestRecord:
-    """Metrics of one request: `begin()` when it goes to an engine (in flight), `finish()` once at the end."""
+    """Metrics of one request: `begin()` when it goes to an engine (in flight), `finish()` once at the end, which
+    also ends the request's root span (`span`, None when tracing is off)."""
 
-    __slots__ = ("_in_flight", "done", "endpoint", "engine", "metrics", "name", "start")
+    __slots__ = ("_in_flight", "done", "endpoint", "engine", "metrics", "name", "span", "start")
 
-    def __init__(self, metrics: GatewayMetrics, endpoint: str, start: float):
-        self.metrics, self.endpoint, self.start = metrics, endpoint, start
+    def __init__(self, metrics: GatewayMetrics, endpoint: str, start: float, span: Span | None = None):
+        self.metrics, self.endpoint, self.start, self.span = metrics, endpoint, start, span
         self.name = "unknown"
         self.engine = ""
         self.done = False
@@ -34,6 +38,7 @@ class RequestRecord:
         if self.done:
             return
         self.done = True
+        tracing.finish(self.span, status, usage)
         if self._in_flight is not None:
             self._in_flight.dec()
         end = time.perf_counter()

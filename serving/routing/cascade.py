@@ -18,6 +18,7 @@ from typing import Any
 
 from serving.engines.base import Completed, EngineItem
 from serving.observability.metrics import GatewayMetrics
+from serving.observability.tracing import Tracing
 from serving.routing.call import DeadlineReached, TierCaller, outcome_of
 from serving.routing.gates import Answer, Gate, GateContext, GateResult, build_gates, run_gates
 from serving.routing.outcomes import Attempt, CascadeError, Outcome, StreamStart, failure
@@ -49,9 +50,10 @@ def answer_of(item: EngineItem, endpoint: str) -> Answer:
 class Cascade:
     """Runs requests through routes' tier chains."""
 
-    def __init__(self, tiers: TierSet, metrics: GatewayMetrics):
+    def __init__(self, tiers: TierSet, metrics: GatewayMetrics, tracing: Tracing | None = None):
         self.tiers = tiers
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.caller = TierCaller(tiers, metrics)
         metrics.on_render(self.export_breakers)
 
@@ -100,13 +102,14 @@ class Cascade:
         attempt = Attempt(tier_name, "judge", "accepted")
         outcome.attempts.append(attempt)
         start = time.monotonic()
-        try:
-            _, _, first = await self.caller.call(tier, "chat", request, deadline, attempt)
-        except BaseException as exc:
-            attempt.outcome, attempt.error = outcome_of(exc), str(exc)
-            raise
-        finally:
-            attempt.latency_s = time.monotonic() - start
+        with self.tracing.attempt(tier_name, "judge", tier.provider, attempt):
+            try:
+                _, _, first = await self.caller.call(tier, "chat", request, deadline, attempt)
+            except BaseException as exc:
+                attempt.outcome, attempt.error = outcome_of(exc), str(exc)
+                raise
+            finally:
+                attempt.latency_s = time.monotonic() - start
         answer = answer_of(first, "chat")
         self._charge(outcome, tier, attempt, answer)
         return answer.texts[0] if answer.texts else ""
@@ -156,44 +159,46 @@ class Cascade:
             for kind in ("answer", "self_correction"):
                 attempt = Attempt(tier.name, kind, "accepted")
                 outcome.attempts.append(attempt)
-                start = time.monotonic()
-                try:
-                    engine, _, first = await self.caller.call(tier, endpoint, req, deadline, attempt, pin)
-                except DeadlineReached:
-                    self._deadline(outcome, attempt)
-                    return self._exhausted(outcome, cfg, best, deadline_hit=True)
-                except Exception as exc:
-                    self._failed(outcome, attempt, exc, start)
-                    reason = attempt.outcome
+                with self.tracing.attempt(tier.name, kind, tier.provider, attempt):
+                    start = time.monotonic()
+                    try:
+                        engine, _, first = await self.caller.call(tier, endpoint, req, deadline, attempt, pin)
+                    except DeadlineReached:
+                        self._deadline(outcome, attempt)
+                        return self._exhausted(outcome, cfg, best, deadline_hit=True)
+                    except Exception as exc:
+                        self._failed(outcome, attempt, exc, start)
+                        reason = attempt.outcome
+                        break
+                    attempt.latency_s = time.monotonic() - start
+                    answer = answer_of(first, endpoint)
+                    self._charge(outcome, tier, attempt, answer)
+                    if not step_gates:  # nothing to check: accepted as it is
+                        self._count(outcome, attempt)
+                        outcome.answer, outcome.tier, outcome.model = answer, tier.name, attempt.model
+                        return outcome
+                    attempt.gates = await run_gates(step_gates, answer, ctx)
+                    for g in attempt.gates:
+                        self.metrics.gate_results.labels(route.name, tier.name, g.gate, g.label).inc()
+                    failed = [g for g in attempt.gates if not g.passed]
+                    group = tier.config.model_group
+                    if group is not None and attempt.gates:  # per engine (= model version), for rollout analysis
+                        last_local = (group, engine.name)
+                        verdict = "gate_fail" if failed else "gate_pass"
+                        self.metrics.engine_answers.labels(group, engine.name, verdict).inc()
+                    if not failed:
+                        self._count(outcome, attempt)
+                        outcome.answer, outcome.tier, outcome.model = answer, tier.name, attempt.model
+                        return outcome
+                    attempt.outcome = "gate_failed"
+                    self._count(outcome, attempt)
+                    reason = ",".join(g.gate for g in failed)
+                    if best is None or len(failed) <= best[0]:
+                        best = (len(failed), answer, tier.name, attempt.model or "")
+                    if kind == "answer" and self_correct and endpoint == "chat" and time.monotonic() < deadline:
+                        req = self._correction(req, answer, failed)
+                        continue
                     break
-                attempt.latency_s = time.monotonic() - start
-                answer = answer_of(first, endpoint)
-                self._charge(outcome, tier, attempt, answer)
-                if not step_gates:  # nothing to check: accepted as it is
-                    self._count(outcome, attempt)
-                    outcome.answer, outcome.tier, outcome.model = answer, tier.name, attempt.model
-                    return outcome
-                attempt.gates = await run_gates(step_gates, answer, ctx)
-                for g in attempt.gates:
-                    self.metrics.gate_results.labels(route.name, tier.name, g.gate, g.label).inc()
-                failed = [g for g in attempt.gates if not g.passed]
-                group = tier.config.model_group
-                if group is not None and attempt.gates:  # per engine (= model version), for rollout analysis
-                    last_local = (group, engine.name)
-                    self.metrics.engine_answers.labels(group, engine.name, "gate_fail" if failed else "gate_pass").inc()
-                if not failed:
-                    self._count(outcome, attempt)
-                    outcome.answer, outcome.tier, outcome.model = answer, tier.name, attempt.model
-                    return outcome
-                attempt.outcome = "gate_failed"
-                self._count(outcome, attempt)
-                reason = ",".join(g.gate for g in failed)
-                if best is None or len(failed) <= best[0]:
-                    best = (len(failed), answer, tier.name, attempt.model or "")
-                if kind == "answer" and self_correct and endpoint == "chat" and time.monotonic() < deadline:
-                    req = self._correction(req, answer, failed)
-                    continue
-                break
             to = steps[i + 1].tier if i + 1 < len(steps) else "none"
             self.metrics.escalations.labels(route.name, tier.name, to, reason or "unknown").inc()
             if last_local is not None:  # this version's answer failed its gates and the request moved on
@@ -247,15 +252,16 @@ class Cascade:
             attempt = Attempt(tier.name, "answer", "accepted")
             outcome.attempts.append(attempt)
             start = time.monotonic()
-            try:
-                _, gen, first = await self.caller.call(tier, endpoint, base, deadline, attempt, pin)
-            except DeadlineReached:
-                self._deadline(outcome, attempt)
-                raise failure(outcome, gate_failed=False, deadline_hit=True) from None
-            except Exception as exc:
-                self._failed(outcome, attempt, exc, start)
-                self.metrics.escalations.labels(route.name, tier.name, to, attempt.outcome).inc()
-                continue
+            with self.tracing.attempt(tier.name, "answer", tier.provider, attempt):
+                try:
+                    _, gen, first = await self.caller.call(tier, endpoint, base, deadline, attempt, pin)
+                except DeadlineReached:
+                    self._deadline(outcome, attempt)
+                    raise failure(outcome, gate_failed=False, deadline_hit=True) from None
+                except Exception as exc:
+                    self._failed(outcome, attempt, exc, start)
+                    self.metrics.escalations.labels(route.name, tier.name, to, attempt.outcome).inc()
+                    continue
             attempt.latency_s = time.monotonic() - start
             self._count(outcome, attempt)
             outcome.tier, outcome.model = tier.name, attempt.model

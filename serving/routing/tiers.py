@@ -54,6 +54,11 @@ class Tier:
     group: bool = False
 
     @property
+    def provider(self) -> str:
+        """`gen_ai.provider.name`: openai, anthropic, or vllm for local engines."""
+        return "vllm" if self.kind == "local" else self.kind
+
+    @property
     def label(self) -> str:
         """How messages name it: `tier <name>`, or `model group <name>` for a group's own tier."""
         return f"model group {self.name}" if self.group else f"tier {self.name}"
