@@ -56,7 +56,7 @@ def _convert(gguf: Path, out: Path) -> None:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model = model.to(torch.bfloat16)
+    model = model.to(torch.bfloat16)  # type: ignore[arg-type]
     # transformers refuses to save a model loaded through the GGUF quantizer; its weights are plain now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -135,15 +135,15 @@ def _build(out: Path, seed: int) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-        bos_token_id=ids[BOS],
+        bos_token_id=int(ids[BOS]),  # type: ignore[arg-type]
         eos_token_id=ids[EOS],
-        pad_token_id=ids[PAD],
+        pad_token_id=int(ids[PAD]),  # type: ignore[arg-type]
         tie_word_embeddings=False,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model = model.to(torch.bfloat16)
+    model = model.to(torch.bfloat16)  # type: ignore[arg-type]
     model.config.dtype = torch.bfloat16
     model.generation_config = GenerationConfig(
         bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD]

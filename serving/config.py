@@ -273,10 +273,10 @@ class PlatformConfig(_Strict):
                 )
         self._check_routing()
         self._check_policies()
-        for group in self.rollout.models:
-            if group not in self.model_groups:
+        for rollout_group in self.rollout.models:
+            if rollout_group not in self.model_groups:
                 raise ValueError(
-                    f"rollout.models.{group}: unknown model group {group!r} "
+                    f"rollout.models.{rollout_group}: unknown model group {rollout_group!r} "
                     f"(defined: {', '.join(sorted(self.model_groups))})"
                 )
         return self
@@ -311,9 +311,9 @@ class PlatformConfig(_Strict):
             if judge is not None and judge.tier not in self.tiers:
                 raise unknown(f"routes.{name}.gates.judge.tier", "tier", judge.tier, self.tiers)
         for name, tenant in self.tenants.items():
-            for model, route in tenant.routes.items():
-                if route not in self.routes:
-                    raise unknown(f"tenants.{name}.routes.{model}", "route", route, self.routes)
+            for model, route_name in tenant.routes.items():
+                if route_name not in self.routes:
+                    raise unknown(f"tenants.{name}.routes.{model}", "route", route_name, self.routes)
             if tenant.default_route is not None and tenant.default_route not in self.routes:
                 raise unknown(f"tenants.{name}.default_route", "route", tenant.default_route, self.routes)
 

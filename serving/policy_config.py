@@ -152,7 +152,7 @@ class PIIPolicy(_Strict):
             "cloud tiers for a prompt with PII; allow: send as is (still counted)."
         ),
     )
-    kinds: list[PIIKind] = Field(default_factory=lambda: list(PII_KINDS))
+    kinds: list[PIIKind] = Field(default_factory=lambda: list(PII_KINDS))  # type: ignore[arg-type]
     phone_region: str = Field("US", min_length=2, max_length=2, description="Region for national phone formats.")
     scan_answers: bool = Field(True, description="Count PII in answers (metric only, never the values).")
 

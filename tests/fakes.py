@@ -23,7 +23,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,7 @@ class FakeEngine:
         if not self.healthy:
             raise EngineUnavailable(f"engine {self.name} is unavailable: ReplicaUnavailable")
 
-    async def generate(self, endpoint: str, request: Any) -> AsyncIterator[EngineItem]:
+    async def generate(self, endpoint: str, request: Any) -> AsyncGenerator[EngineItem, None]:
         self.calls.append(Call(endpoint, request.model_copy(deep=True)))
         self.started += 1
         request = request.model_copy()

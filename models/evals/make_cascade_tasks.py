@@ -262,12 +262,12 @@ def arithmetic_tasks(rng: random.Random) -> list[dict[str, Any]]:
     a = rng.randint(3, 9)
     out.append(("hard", f"If 3x + {a} = {3 * 7 + a}, what is x?", 7))
     tasks = []
-    for i, (level, q, val) in enumerate(out):
-        val = int(val) if float(val).is_integer() else round(val, 4)
+    for i, (level, q, raw) in enumerate(out):
+        answer: float = int(raw) if float(raw).is_integer() else round(raw, 4)
         tasks.append({
             "kind": "arithmetic", "difficulty": level,
             "messages": chat(ARITH_SYSTEM[i % len(ARITH_SYSTEM)], "arithmetic", q),
-            "schema": ANSWER_SCHEMA, "expected": {"answer": val}, "meta": {},
+            "schema": ANSWER_SCHEMA, "expected": {"answer": answer}, "meta": {},
         })
     return tasks
 

@@ -107,7 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        return APIError(400, err["msg"], param=".".join(str(p) for p in err["loc"][1:]) or None).response()
+        return APIError(400, str(err["msg"]), param=".".join(str(p) for p in err["loc"][1:]) or None).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.api.server import build_api, freeze_heap
 from serving.config import GatewayConfig, ModelGroupConfig
+from serving.engines.base import Engine
 from serving.engines.ray_handle import RayLLMEngine
 from serving.engines.ray_llm import deployment_name
 from serving.observability.metrics import start_metrics_server
@@ -53,7 +54,7 @@ class GatewayDeployment:
         self._metrics_server = start_metrics_server(self._app.state.gateway.metrics, self._settings.metrics_port)
         freeze_heap()
 
-    def _engines(self, apps: dict[str, str]) -> dict[str, RayLLMEngine]:
+    def _engines(self, apps: dict[str, str]) -> dict[str, Engine]:
         """Engine objects for `engine -> Serve app`, keeping the ones already held (and their handles)."""
         current = self._router.engines
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from serving.api.errors import APIError
@@ -106,7 +106,7 @@ def _check_chat_logprobs(body: dict[str, Any]) -> None:
         raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
 
 
-def _validate(cls: type, body: dict[str, Any]) -> Any:
+def _validate(cls: type[BaseModel], body: dict[str, Any]) -> Any:
     try:
         return cls.model_validate(body)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -43,7 +43,7 @@ class StreamRelay:
     chunk (sent on only if the client asked for it, optionally rewritten by `usage_chunk`), ends the stream with
     an OpenAI error event if the engine fails after the first byte, and calls `on_finish` exactly once."""
 
-    def __init__(self, gen: AsyncIterator[EngineItem], engine: str, on_finish: FinishHook, *,
+    def __init__(self, gen: AsyncGenerator[EngineItem, None], engine: str, on_finish: FinishHook, *,
                  usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  meter: StreamMeter | None = None):
         self.gen, self.engine, self.on_finish = gen, engine, on_finish

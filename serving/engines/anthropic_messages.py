@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import anthropic
@@ -73,7 +73,9 @@ FINISH_REASONS = {
 
 JSON_INSTRUCTION = "Reply with only a JSON object: no other text before or after it, and no Markdown code fences."
 
-_CALL_ERRORS = (anthropic.AnthropicError, asyncio.TimeoutError, *HTTP_ERRORS, ValueError)
+_CALL_ERRORS: tuple[type[BaseException], ...] = (
+    anthropic.AnthropicError, asyncio.TimeoutError, *HTTP_ERRORS, ValueError,
+)
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -297,7 +299,7 @@ class AnthropicEngine:
 
     # -- Engine -------------------------------------------------------------------------------------------------
 
-    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncGenerator[EngineItem, None]:
         kwargs = self.build_kwargs(endpoint, request)
         if trace_headers := inject_headers():  # W3C traceparent of this tier attempt
             kwargs["extra_headers"] = trace_headers

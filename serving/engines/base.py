@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal, NewType, Protocol
 
 Endpoint = Literal["chat", "completions"]
@@ -94,7 +94,7 @@ class Engine(Protocol):
 
     name: str
 
-    def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
+    def generate(self, endpoint: Endpoint, request: Any) -> AsyncGenerator[EngineItem, None]:
         """Start one request (a vLLM/OpenAI protocol request object); raise `EngineUnavailable`/`EngineTimeout`/
         `EngineFailed` on faults, `EngineRejected` for a request the engine refuses."""
         ...

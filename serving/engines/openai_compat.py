@@ -34,7 +34,7 @@ import asyncio
 import email.utils
 import importlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -255,7 +255,7 @@ def _error_fields(body: object, default: str) -> tuple[str, str | None, str | No
     return default, None, None
 
 
-_CALL_ERRORS = (openai.OpenAIError, asyncio.TimeoutError, *HTTP_ERRORS, ValueError)
+_CALL_ERRORS: tuple[type[BaseException], ...] = (openai.OpenAIError, asyncio.TimeoutError, *HTTP_ERRORS, ValueError)
 """What an SDK call may raise: its own errors, a deadline, a raw transport error, a bad JSON body."""
 
 
@@ -343,7 +343,7 @@ class OpenAICompatEngine:
 
     # -- Engine -------------------------------------------------------------------------------------------------
 
-    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncGenerator[EngineItem, None]:
         kwargs = self.build_kwargs(endpoint, request)
         if trace_headers := inject_headers():  # W3C traceparent of this tier attempt
             kwargs["extra_headers"] = trace_headers

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import ray.exceptions
@@ -39,9 +39,9 @@ class RayLLMEngine:
         self._stream_handle = handle.options(stream=True)
         self._handle = handle
 
-    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncIterator[EngineItem]:
+    async def generate(self, endpoint: Endpoint, request: Any) -> AsyncGenerator[EngineItem, None]:
         method = self._stream_handle.chat if endpoint == "chat" else self._stream_handle.completions
-        responses = method.remote(request)
+        responses: Any = method.remote(request)  # a DeploymentResponseGenerator (stream=True)
         finished = False
         try:
             async for item in responses:

@@ -34,7 +34,7 @@ def resolve_model_path(engine: EngineConfig) -> tuple[str, dict[str, Any]]:
 
     source = parse_model_source(engine.model, revision=engine.revision)
     if source.kind == "hf":
-        return source.repo_id, ({"revision": source.revision} if source.revision else {})
+        return str(source.repo_id), ({"revision": source.revision} if source.revision else {})
     return str(resolve_model_source(engine.model, revision=engine.revision)), {}
 
 

@@ -495,10 +495,10 @@ class PolicyLayer:
 
     def _background(self, coro: Awaitable[Any]) -> None:
         try:
-            task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+            task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         except RuntimeError:  # no loop (config applied outside one): nothing to wait for
             if hasattr(coro, "close"):
-                coro.close()  # type: ignore[union-attr]
+                coro.close()
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

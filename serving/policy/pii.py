@@ -200,10 +200,12 @@ class _PhonePrefilter:
         if metadata is None or self.always:
             return
         patterns = []
-        for other in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(metadata.country_code, (region,)):
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(metadata.country_code or 0, (region,))
+        for other in regions:
             other_metadata = phonenumbers.PhoneMetadata.metadata_for_region(other)
-            if other_metadata is not None and other_metadata.general_desc.national_number_pattern:
-                patterns.append(f"(?:{other_metadata.general_desc.national_number_pattern})")
+            desc = other_metadata.general_desc if other_metadata is not None else None
+            if desc is not None and desc.national_number_pattern:
+                patterns.append(f"(?:{desc.national_number_pattern})")
         self.national_number = re.compile("|".join(patterns) or "(?!)")
         self.national_prefix = re.compile(metadata.national_prefix_for_parsing or "(?!)")
         self.international_prefix = re.compile(metadata.international_prefix or "(?!)")

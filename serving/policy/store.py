@@ -72,7 +72,7 @@ class PolicyStore:
         return bool(await self._call(self.redis.ping))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose()  # type: ignore[attr-defined]  # redis-py >= 5 (the stubs predate it)
 
     # ------------------------------------------------------------------------------------------ admit, settle
 
@@ -95,7 +95,7 @@ class PolicyStore:
     async def put_key(self, digest: str, record: dict[str, str]) -> None:
         async def write() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key("key", digest), mapping=record)
+                pipe.hset(self.key("key", digest), mapping=record)  # type: ignore[arg-type]
                 pipe.hset(self.key("keyids"), record["id"], digest)
                 await pipe.execute()
 

@@ -42,7 +42,7 @@ class EngineStats:
         def d(now: float, then: float) -> float:
             return now - then if now >= then else now
 
-        out = EngineStats(**{f.name: d(getattr(self, f.name), getattr(before, f.name))
+        out = EngineStats(**{f.name: d(getattr(self, f.name), getattr(before, f.name))  # type: ignore[arg-type]
                              for f in fields(self) if f.name != "ttft_buckets"})
         out.ttft_buckets = {le: d(c, before.ttft_buckets.get(le, 0.0)) for le, c in self.ttft_buckets.items()}
         return out

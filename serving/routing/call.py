@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from serving.engines.base import (
@@ -31,7 +31,7 @@ from serving.routing.tiers import Tier, TierSet
 
 logger = logging.getLogger("serving.routing")
 
-Started = tuple[Engine, AsyncIterator[EngineItem], EngineItem]
+Started = tuple[Engine, AsyncGenerator[EngineItem, None], EngineItem]
 """(the engine that answered, its item stream, the first item)."""
 
 

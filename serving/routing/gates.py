@@ -308,7 +308,7 @@ class JudgeGate:
         scores = []
         for text in answer.texts:
             fields = {"question": question, "answer": text}
-            prompt = _PLACEHOLDER.sub(lambda m, f=fields: f[m.group(1)], self.cfg.prompt)  # one pass
+            prompt = _PLACEHOLDER.sub(lambda m, f=fields: f[m.group(1)], self.cfg.prompt)  # type: ignore[misc]
             try:
                 verdict = await ctx.judge(self.cfg.tier, prompt, self.cfg.max_tokens)
             except Exception as exc:

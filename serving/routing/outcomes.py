@@ -17,7 +17,7 @@ was called: a route whose cloud tier has no key fails like its local model group
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,7 +137,7 @@ class StreamStart:
 
     outcome: Outcome
     tier: Tier
-    gen: AsyncIterator[EngineItem]
+    gen: AsyncGenerator[EngineItem, None]
     first: EngineItem
     started: float
 

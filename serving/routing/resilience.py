@@ -104,8 +104,9 @@ async def call_with_retries(
     backoff would end past `deadline` (a `time.monotonic()` value); the last error is re-raised."""
 
     def before_sleep(state: RetryCallState) -> None:
-        if on_retry is not None and state.outcome is not None and state.next_action is not None:
-            on_retry(state.outcome.exception(), state.next_action.sleep)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if on_retry is not None and exc is not None and state.next_action is not None:
+            on_retry(exc, state.next_action.sleep)
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(cfg.attempts) | stop_before_delay(max(0.0, deadline - time.monotonic())),

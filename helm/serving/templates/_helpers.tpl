@@ -61,7 +61,8 @@ serving.dev/platform-client: "true"
 {{- end }}
 
 {{/* The platform config: .Values.platform, or files/platform-default.yaml when it is empty; the chart sets
-     gateway.metrics_port (gateway.metricsPort) when the platform does not, so every replica serves its own metrics. */}}
+     gateway.metrics_port (gateway.metricsPort) when the platform does not, so every replica serves its own metrics,
+     and gateway.tracing (gateway.tracing.*) when tracing is enabled in the values and the platform sets none. */}}
 {{- define "serving.platform" -}}
 {{- $p := dict }}
 {{- if .Values.platform }}
@@ -72,6 +73,12 @@ serving.dev/platform-client: "true"
 {{- $gw := default dict $p.gateway }}
 {{- if not (hasKey $gw "metrics_port") }}
 {{- $_ := set $gw "metrics_port" (int .Values.gateway.metricsPort) }}
+{{- end }}
+{{- $tr := default dict .Values.gateway.tracing }}
+{{- if and $tr.enabled (not (hasKey $gw "tracing")) }}
+{{- $tracing := dict "enabled" true "protocol" (default "http/protobuf" $tr.protocol) "service_name" (default "serving-gateway" $tr.serviceName) "sample_ratio" (default 1.0 $tr.sampleRatio) }}
+{{- if $tr.endpoint }}{{- $_ := set $tracing "endpoint" $tr.endpoint }}{{- end }}
+{{- $_ := set $gw "tracing" $tracing }}
 {{- end }}
 {{- $_ := set $p "gateway" $gw }}
 {{- toYaml $p }}
