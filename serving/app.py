@@ -1,12 +1,8 @@
-"""Builds the Ray Serve applications (one gateway app + one app per engine) from a `PlatformConfig`.
+"""The gateway's composition root: builds the Ray Serve applications (one gateway app + one app per engine).
 
-Every engine is its own Serve application (`<app>-engine-<name>`, no HTTP route) and the gateway app reaches it
-by name through a DeploymentHandle. Serve derives an application's code version from its import path and args,
-so adding, removing or re-weighting one engine (a rollout step) never restarts another engine or the gateway:
-the engine set and the traffic weights reach the gateway as its `user_config` (`reconfigure`, no restart).
-
-`serve_config()` renders the whole thing in Serve's declarative config format (what `serve deploy`, the Serve
-REST API and KubeRay's `serveConfigV2` take); `serving up` deploys exactly that.
+`gateway_builder` and `engine_builder` are the Serve entry points the Serve config names
+(`serving.app:gateway_builder`, `serving.app:engine_builder`); the config itself, with the app names and the
+gateway's `user_config`, is rendered by `serving.deploy.serve_config`.
 """
 
 from __future__ import annotations
@@ -14,36 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from serving.config import EngineConfig, PlatformConfig, load_config, parse_config
+from serving.deploy.serve_config import GATEWAY_DEPLOYMENT, gateway_user_config
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
-
-GATEWAY_DEPLOYMENT = "gateway"
-GATEWAY_IMPORT_PATH = "serving.app:gateway_builder"
-ENGINE_IMPORT_PATH = "serving.app:engine_builder"
-
-
-def engine_app_name(app_name: str, engine: str) -> str:
-    """The Serve application that holds one engine: `<app>-engine-<engine>`."""
-    return f"{app_name}-engine-{engine}"
-
-
-def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
-    """The gateway's reconfigurable state: the engines it may call (engine -> Serve app), model groups (traffic
-    weights), providers, tiers, routes, tenants and policies."""
-
-    def dump(table: dict[str, Any]) -> dict[str, Any]:
-        return {name: item.model_dump(mode="json", by_alias=True, exclude_none=True) for name, item in table.items()}
-
-    return {
-        "engines": {name: engine_app_name(config.ray.app_name, name) for name in config.engines},
-        "model_groups": dump(config.model_groups),
-        "providers": dump(config.providers),
-        "tiers": dump(config.tiers),
-        "routes": dump(config.routes),
-        "tenants": dump(config.tenants),
-        "policies": config.policies.model_dump(mode="json", exclude_none=True),
-    }
 
 
 def build_gateway_app(config: PlatformConfig) -> Application:
@@ -61,7 +31,7 @@ def build_gateway_app(config: PlatformConfig) -> Application:
         ray_actor_options={"num_cpus": gw.num_cpus},
         user_config=gateway_user_config(config),
     )
-    return gateway.bind(gw.model_dump(mode="json"))
+    return gateway.bind(gw.model_dump(mode="json"))  # type: ignore[attr-defined]
 
 
 def build_engine_app(name: str, engine: EngineConfig) -> Application:
@@ -102,59 +72,3 @@ def engine_builder(args: dict[str, Any]) -> Application:
     except ValidationError as exc:
         raise ConfigError(f"args.engine of engine {name!r}", format_validation_error(exc)) from None
     return build_engine_app(name, spec)
-
-
-def engine_deployment_options(engine: EngineConfig) -> dict[str, Any]:
-    """Serve options of an engine's deployment: a fixed `num_replicas`, or `autoscaling_config` (min != max)."""
-    r = engine.replicas
-    if r.min == r.max:
-        return {"num_replicas": r.min}
-    return {"autoscaling_config": {"min_replicas": r.min, "max_replicas": r.max,
-                                   "target_ongoing_requests": r.target_ongoing_requests}}
-
-
-def serve_config(
-    config: PlatformConfig,
-    *,
-    base: dict[str, Any] | None = None,
-    http_host: str | None = None,
-    proxy_location: str = "EveryNode",
-) -> dict[str, Any]:
-    """The platform in Serve's declarative multi-application format (ServeDeploySchema as a dict).
-
-    `base`: the platform config to keep in the gateway app's `args.config` (default: `config` itself). A rollout
-    passes the config as first deployed, so the gateway app's code version stays put, and carries the engines and
-    weights it changes in the gateway's `user_config` override (a lightweight update).
-    """
-    from serving.engines.ray_llm import deployment_name
-
-    gw = config.gateway
-    app = config.ray.app_name
-    gateway_app: dict[str, Any] = {
-        "name": app,
-        "route_prefix": gw.route_prefix,
-        "import_path": GATEWAY_IMPORT_PATH,
-        "args": {"config": base if base is not None else config.model_dump(mode="json", by_alias=True,
-                                                                             exclude_none=True)},
-        "deployments": [{
-            "name": GATEWAY_DEPLOYMENT,
-            "num_replicas": gw.replicas,
-            "max_ongoing_requests": gw.max_ongoing_requests,
-            "user_config": gateway_user_config(config),
-        }],
-    }
-    engine_apps = [
-        {
-            "name": engine_app_name(app, name),
-            "route_prefix": None,
-            "import_path": ENGINE_IMPORT_PATH,
-            "args": {"name": name, "engine": engine.model_dump(mode="json", exclude_none=True)},
-            "deployments": [{"name": deployment_name(name), **engine_deployment_options(engine)}],
-        }
-        for name, engine in config.engines.items()
-    ]
-    return {
-        "proxy_location": proxy_location,
-        "http_options": {"host": http_host or gw.host, "port": gw.port},
-        "applications": [gateway_app, *engine_apps],
-    }

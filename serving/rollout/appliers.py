@@ -52,24 +52,24 @@ class LocalServeApplier:
     """The Serve applications of the Ray cluster this process is connected to (`ray.init(address=...)`)."""
 
     def read(self) -> ServeConfig:
-        from serving import serve_deploy
+        from serving.deploy import ray_serve
 
-        config = serve_deploy.deployed_config()
+        config = ray_serve.deployed_config()
         if config is None:
             raise ApplierError("no Serve config is deployed on this Ray cluster (start the platform with `serving up`)")
         return config
 
     def update(self, change: Change) -> ServeConfig:
-        from serving import serve_deploy
+        from serving.deploy import ray_serve
 
         new = change(self.read())
-        serve_deploy.deploy(new)
+        ray_serve.deploy(new)
         return new
 
     def app_statuses(self) -> dict[str, str]:
-        from serving import serve_deploy
+        from serving.deploy import ray_serve
 
-        return {name: status for name, (status, _) in serve_deploy.app_statuses().items()}
+        return {name: status for name, (status, _) in ray_serve.app_statuses().items()}
 
 
 class KubernetesApplier:
@@ -96,7 +96,7 @@ class KubernetesApplier:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            cm = self.core.read_namespaced_config_map(self.base_configmap, self.namespace)
+            cm = self.core.read_namespaced_config_map(str(self.base_configmap), self.namespace)
         except ApiException as exc:
             raise ApplierError(f"cannot read ConfigMap {self.namespace}/{self.base_configmap} (the chart's Serve "
                                f"config): {exc.status} {exc.reason}") from None
@@ -158,8 +158,8 @@ class KubernetesApplier:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(self.GROUP, self.VERSION, self.namespace, self.PLURAL,
-                                                         self.name)
+            return self.api.get_namespaced_custom_object(  # type: ignore[return-value]
+                self.GROUP, self.VERSION, self.namespace, self.PLURAL, self.name)
         except ApiException as exc:
             raise ApplierError(f"cannot read RayService {self.namespace}/{self.name}: {exc.status} {exc.reason}") \
                 from None

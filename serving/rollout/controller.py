@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.app import engine_app_name
+from serving.deploy.serve_config import engine_app_name
 from serving.rollout import plan
 from serving.rollout.analysis import EngineStats, MetricsSource, Snapshot, judge
 from serving.rollout.appliers import Applier
@@ -163,7 +163,9 @@ class RolloutController:
         serve_cfg = self.applier.read()
         champions = {e: w for e, w in plan.members(serve_cfg, group).items() if e != name and w > 0}
         run_id = self._start_run(group, v, policy, champions)
-        self.applier.update(lambda cfg: plan.add_engine(cfg, group, name, v.spec.engine))
+        spec = v.spec
+        assert spec is not None  # a challenger without a serving spec was refused before this
+        self.applier.update(lambda cfg: plan.add_engine(cfg, group, name, spec.engine))
         self._tag(model, v, state="deploying", engine=name, champions=json.dumps(champions), step=0, failures=0,
                   started=self.clock(), state_since=self.clock(), run_id=run_id, reason="")
         self._emit(group, v.version, "deploying", engine=name, champions=list(champions))

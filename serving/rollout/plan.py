@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serving.app import (
+from serving.config import EngineConfig, ModelGroupConfig, PlatformConfig, load_config, parse_config
+from serving.deploy.serve_config import (
     ENGINE_IMPORT_PATH,
     GATEWAY_DEPLOYMENT,
     GATEWAY_IMPORT_PATH,
@@ -20,7 +21,6 @@ from serving.app import (
     engine_deployment_options,
     gateway_user_config,
 )
-from serving.config import EngineConfig, ModelGroupConfig, PlatformConfig, load_config, parse_config
 
 ServeConfig = dict[str, Any]
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.app import engine_app_name
+from serving.deploy.serve_config import engine_app_name
 from tests.integration.support import (
     APP,
     HELLO,

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.app import serve_config as python_serve_config
 from serving.config import EngineConfig, RayConfig, parse_config
+from serving.deploy.serve_config import serve_config as python_serve_config
 
 pytestmark = pytest.mark.k8s
 
@@ -159,7 +159,7 @@ def test_rendered_manifests_validate(helm: str, values: str | None, tmp_path: Pa
 
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_serve_config_is_the_platform(helm: str, values: str | None) -> None:
-    """The chart's serveConfigV2 is what serving.app.serve_config() makes of the preset's platform config:
+    """The chart's serveConfigV2 is what serving.deploy.serve_config makes of the preset's platform config:
     the same applications, import paths, args (parsed) and deployment options."""
     docs = render(helm, values)
     config = serve_config(docs)
@@ -753,3 +753,20 @@ def test_dockerfile_gpu_structure() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert chart["appVersion"] == version
+
+
+def test_tracing_values_reach_the_gateway_config(helm: str) -> None:
+    """gateway.tracing.* in the values becomes platform.gateway.tracing (a valid TracingConfig); off by default."""
+    def tracing(*extra: str) -> Any:
+        config = serve_config(render(helm, None, *extra))
+        platform = parse_config(config["applications"][0]["args"]["config"], "serveConfigV2 args.config")
+        return platform.gateway.tracing
+
+    assert tracing().enabled is False
+    on = tracing("--set", "gateway.tracing.enabled=true", "--set", "gateway.tracing.protocol=grpc",
+                 "--set", "gateway.tracing.endpoint=http://otel-collector.observability:4317",
+                 "--set-json", "gateway.tracing.sampleRatio=0.25")
+    assert (on.enabled, on.protocol, on.endpoint, on.sample_ratio, on.service_name) == (
+        True, "grpc", "http://otel-collector.observability:4317", 0.25, "serving-gateway")
+    bad = run_helm(helm, "template", "serving", str(CHART), "--set", "gateway.tracing.protocol=thrift", check=False)
+    assert bad.returncode != 0 and "protocol" in bad.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from serving.api.ingress import groups_from_user_config
-from serving.app import gateway_user_config
 from serving.config import load_config, parse_config
+from serving.deploy.serve_config import gateway_user_config
 from serving.routing.groups import GroupRouter
 from tests.fakes import FakeEngine
 

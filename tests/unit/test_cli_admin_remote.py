@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import serving.cli
+import serving.cli._common
 import serving.config
 from serving.cli import main
 
@@ -46,7 +46,7 @@ def test_keys_create_against_a_remote_gateway_without_local_config(admin_api, mo
     url, seen = admin_api
     missing = Path(tmp_path / "not-installed" / "local.yaml")  # what a non-editable install has
     monkeypatch.setattr(serving.config, "DEFAULT_CONFIG", missing)
-    monkeypatch.setattr(serving.cli, "DEFAULT_CONFIG", missing)
+    monkeypatch.setattr(serving.cli._common, "DEFAULT_CONFIG", missing)
     monkeypatch.setenv("SERVING_ADMIN_KEY", "the-admin-credential")
     assert main(["keys", "create", "--tenant", "team-a", "--name", "first", "--url", url]) == 0
     assert capsys.readouterr().out.strip() == "sk-serving-new"
@@ -58,7 +58,7 @@ def test_keys_create_without_the_admin_credential_says_so(admin_api, monkeypatch
     url, seen = admin_api
     missing = Path(tmp_path / "not-installed" / "local.yaml")  # what a non-editable install has
     monkeypatch.setattr(serving.config, "DEFAULT_CONFIG", missing)
-    monkeypatch.setattr(serving.cli, "DEFAULT_CONFIG", missing)
+    monkeypatch.setattr(serving.cli._common, "DEFAULT_CONFIG", missing)
     monkeypatch.delenv("SERVING_ADMIN_KEY", raising=False)
     assert main(["keys", "create", "--tenant", "team-a", "--url", url]) == 1
     assert "SERVING_ADMIN_KEY" in capsys.readouterr().err and not seen

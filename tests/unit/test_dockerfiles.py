@@ -405,13 +405,14 @@ def ignored(rel: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_the_runtime_files_and_drops_the_rest() -> None:
     patterns = dockerignore_patterns()
-    needed = ["pyproject.toml", "README.md", "constraints.txt", "serving/cli.py", "serving/py.typed",
+    needed = ["pyproject.toml", "README.md", "constraints.txt", "serving/cli/__init__.py", "serving/py.typed",
               "models/catalog.yaml", "models/smollm2.py", "configs/local.yaml"]
     needed += [str(p.relative_to(ROOT)) for p in (ROOT / "models" / "evals").glob("*.jsonl")]
     for rel in needed:
         assert (ROOT / rel).exists(), rel
         assert not ignored(rel, patterns), f".dockerignore drops {rel}, which the images copy"
-    dropped = (".venv/bin/python", ".git/HEAD", "serving/__pycache__/cli.cpython-311.pyc", "serving.egg-info/PKG-INFO")
+    dropped = (".venv/bin/python", ".git/HEAD", "serving/cli/__pycache__/platform.cpython-311.pyc",
+               "serving.egg-info/PKG-INFO")
     for rel in dropped:
         assert ignored(rel, patterns), f".dockerignore keeps {rel}"
 

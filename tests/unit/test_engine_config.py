@@ -265,7 +265,8 @@ def test_local_directory_source(tmp_path: Path):
 
 def test_gpu_app_graph_builds_without_a_cluster():
     from serving.api.ingress import groups_from_user_config
-    from serving.app import GATEWAY_DEPLOYMENT, build_gateway_app, engine_builder, gateway_user_config
+    from serving.app import build_gateway_app, engine_builder
+    from serving.deploy.serve_config import GATEWAY_DEPLOYMENT, gateway_user_config
 
     cfg = load_config(ROOT / "configs" / "gpu-llama-8b-awq.yaml")
     gateway = build_gateway_app(cfg)._bound_deployment

@@ -10,13 +10,8 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants, errors
 
-from models.loader import (
-    HF_ALLOW_PATTERNS,
-    ModelSource,
-    ModelSourceError,
-    parse_model_source,
-    resolve_model_source,
-)
+from models.loader import HF_ALLOW_PATTERNS, parse_model_source, resolve_model_source
+from models.source import ModelSource, ModelSourceError
 
 REPO = "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4"
 SHA = "db1f81ad4b8c7e39777509fac66c652eb0a52f91"

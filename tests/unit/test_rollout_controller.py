@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from serving.app import serve_config
 from serving.config import parse_config
+from serving.deploy.serve_config import serve_config
 from serving.rollout import plan
 from serving.rollout.controller import RolloutController
 from serving.rollout.evaluate import EvalResult

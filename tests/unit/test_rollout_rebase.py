@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serving.app import serve_config
 from serving.config import EngineConfig, parse_config
+from serving.deploy.serve_config import serve_config
 from serving.rollout import plan
 
 ENGINE = {"model": "builtin:tiny-llama", "device": "cpu", "max_model_len": 256}

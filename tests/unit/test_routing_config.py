@@ -11,8 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from serving.api.ingress import routing_from_user_config
-from serving.app import gateway_user_config
 from serving.config import ConfigError, parse_config
+from serving.deploy.serve_config import gateway_user_config
 from serving.routing_config import (
     DEFAULT_REFUSAL_PATTERNS,
     GPUHourPrice,

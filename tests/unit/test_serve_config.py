@@ -1,4 +1,4 @@
-"""The platform as Serve's declarative config: one gateway app + one app per engine (serving.app.serve_config)."""
+"""The platform as Serve's declarative config: one gateway app + one app per engine (serving.deploy.serve_config)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
-from serving.app import ENGINE_IMPORT_PATH, GATEWAY_IMPORT_PATH, engine_builder, gateway_user_config, serve_config
+from serving.app import engine_builder
 from serving.config import ConfigError, load_config, parse_config
+from serving.deploy.serve_config import ENGINE_IMPORT_PATH, GATEWAY_IMPORT_PATH, gateway_user_config, serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -365,7 +365,7 @@ livenessProbe:
   {{- toYaml $probes.liveness | nindent 2 }}
 {{- end }}
 
-{{/* The Serve config (serveConfigV2) = serving.app.serve_config(): the gateway app (serving.app:gateway_builder, the
+{{/* The Serve config (serveConfigV2) = serving.deploy.serve_config.serve_config(): the gateway app (serving.app:gateway_builder, the
      platform config inline as args.config) and one app per engine (serving.app:engine_builder, args name + engine, no
      HTTP route), so a rollout adds or removes one engine app and re-weights the gateway without restarting anything
      else. The gateway replicas ask for the `serving_gateway` resource (one per pod of the gateway worker group, or of

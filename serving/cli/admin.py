@@ -12,27 +12,28 @@ import os
 import sys
 from typing import Any
 
+from serving.cli._common import base_url, load
+
 LIMIT_FLAGS = (("rpm", "requests_per_minute", int), ("tpm", "tokens_per_minute", int),
                ("tokens_per_day", "tokens_per_day", int), ("usd_per_hour", "usd_per_hour", float),
                ("usd_per_day", "usd_per_day", float))
 
 
 class AdminError(Exception):
-    pass
+    """The admin API refused a request or cannot be reached; the message says why."""
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     import httpx
 
-    from serving.cli import _base_url, _load
     from serving.policy_config import AuthConfig
 
     if args.url and not args.config:
         # a remote gateway: the local default config says nothing about it (and a plain `pip install` has none)
         url, env = args.url.rstrip("/"), AuthConfig().admin_key_env
     else:
-        cfg = _load(args.config)
-        url = (args.url or _base_url(cfg)).rstrip("/")
+        cfg = load(args.config)
+        url = (args.url or base_url(cfg)).rstrip("/")
         env = cfg.policies.auth.admin_key_env
     token = os.environ.get(env)
     if not token:

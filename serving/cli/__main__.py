@@ -1,0 +1,5 @@
+"""`python -m serving.cli`: the `serving` command."""
+
+from serving.cli import main
+
+raise SystemExit(main())
