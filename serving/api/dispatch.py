@@ -25,7 +25,7 @@ from serving.observability.tracing import annotate
 from serving.policy.layer import PolicyLayer, RequestContext
 from serving.policy.route_pii import RoutePII
 from serving.routing.cascade import SAME, Cascade
-from serving.routing.outcomes import CascadeError, Outcome, StreamStart
+from serving.routing.outcomes import CascadeError, Outcome, StreamStart, last_tried
 from serving.routing.routes import Route
 
 
@@ -75,8 +75,7 @@ class Dispatcher:
 
     async def _cloud_request(self, route: Route, endpoint: str, parsed: ParsedRequest, ctx: RequestContext) -> Any:
         policy = route.config.pii
-        if policy.action == "allow" or route.kind == "model_group" or all(
-                self.cascade.tiers.tiers[t.tier].config.is_local for t in route.config.tiers):
+        if policy.action == "allow" or all(self.cascade.tier(route, t).config.is_local for t in route.config.tiers):
             return SAME
         return await self.pii.cloud_request(route.name, policy, endpoint, parsed.body, parsed.request, ctx)
 
@@ -100,7 +99,7 @@ class Dispatcher:
         except CascadeError as exc:
             annotate(rec.span, **{"serving.attempts": len(exc.attempts)})
             ctx.details["attempts"] = [a.audit() for a in exc.attempts]
-            rec.engine = next((a.model for a in reversed(exc.attempts) if a.model and a.kind != "judge"), "")
+            rec.engine = last_tried(exc.attempts)
             raise to_api_error(exc, route) from None
         except ClientGone:
             return Response(status_code=499)

@@ -138,7 +138,7 @@ class Pipeline:
         if cached is not None:
             rec.engine = "cache"
             return self.cached(ctx, cached, route, endpoint, parsed)
-        ctx.details = {"model_group" if route.kind == "model_group" else "route": route.name}
+        ctx.details = {route.kind: route.name}
         if route.kind == "model_group" and pin is None:
             self.shadow(route.name, endpoint, parsed.request)
         with tracing.stage("dispatch"):
@@ -183,7 +183,7 @@ class Pipeline:
 
     def cached(self, ctx: RequestContext, cached: str, route: Route, endpoint: str, parsed: ParsedRequest) -> Response:
         """A cache hit, as JSON or replayed as SSE."""
-        ctx.details = {"model_group" if route.kind == "model_group" else "route": route.name, **ctx.details}
+        ctx.details = {route.kind: route.name, **ctx.details}
         body = json.loads(cached)
         headers = {**ctx.headers, "x-serving-cache": ctx.cache, "x-serving-model": str(body.get("model") or "")}
         if not parsed.stream:

@@ -72,8 +72,9 @@ class TierCaller:
         req = request.model_copy(update={"model": self.tiers.model_name(tier, engine)})
         gen = engine.generate(endpoint, req)  # type: ignore[arg-type]
         try:
-            first = await asyncio.wait_for(gen.__anext__(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # in this task: no extra task per call, unlike wait_for
+                first = await gen.__anext__()
+        except TimeoutError:
             await gen.aclose()
             raise EngineTimeout(f"{tier.label} did not answer within {timeout:.3g} s") from None
         except StopAsyncIteration:

@@ -70,9 +70,8 @@ class Attempt:
         return out
 
     def audit(self) -> dict[str, Any]:
-        """The attempt for the audit line: tier, kind, outcome, model, cost, latency, gate verdicts (no text)."""
-        item: dict[str, Any] = {"tier": self.tier, "kind": self.kind, "outcome": self.outcome, "model": self.model,
-                                "cost_usd": round(self.cost_usd, 10), "latency_ms": round(self.latency_s * 1000, 1)}
+        """The attempt for the audit line: `to_dict` without error texts and tries, gate verdicts only (no text)."""
+        item = {k: v for k, v in self.to_dict().items() if k not in ("error", "tries", "gates")}
         if self.gates:
             item["gates"] = {g.gate: g.label for g in self.gates}
         return item
@@ -81,6 +80,11 @@ class Attempt:
     def counted(self) -> bool:
         """Whether it reached a tier (skips of open circuits, down tiers and PII blocks are not attempts)."""
         return self.outcome not in ("circuit_open", "unavailable", "pii_blocked")
+
+
+def last_tried(attempts: list[Attempt]) -> str:
+    """The model of the last answer attempt that reached an engine ('' if none did)."""
+    return next((a.model for a in reversed(attempts) if a.model and a.kind != "judge"), "")
 
 
 @dataclass
@@ -109,9 +113,7 @@ class Outcome:
     @property
     def last_model(self) -> str:
         """The model that answered, else the last one tried ('' if none was reached)."""
-        if self.model:
-            return self.model
-        return next((a.model for a in reversed(self.attempts) if a.model and a.kind != "judge"), "")
+        return self.model or last_tried(self.attempts)
 
     def headers(self, *, with_cost: bool = True) -> dict[str, str]:
         """`x-serving-*` response headers: the model that answered; for routes also route, tier, attempts, cost."""
