@@ -49,6 +49,7 @@ import httpx
 
 from benchmarks.stats import pct
 from models.evals import Task, check, is_json, load_tasks, matches_schema
+from serving.engines.ray_llm import CPU_DEFAULT_DTYPE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -138,7 +139,6 @@ engines:
   smollm2-135m:
     model: builtin:smollm2-135m-instruct
     device: cpu
-    dtype: bfloat16
     max_model_len: 2048
     kv_cache_gib: 1
   tiny:
@@ -408,7 +408,8 @@ def probe_weak(args: argparse.Namespace, tasks: list[Task]) -> int:
     port = free_port()
     logf = RESULTS / "cascade-probe-vllm.log"
     cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--served-model-name", GROUP,
-           "--enforce-eager", "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
+           "--enforce-eager", "--dtype", CPU_DEFAULT_DTYPE, "--max-model-len", "2048",
+           "--host", "127.0.0.1", "--port", str(port)]
     log("starting bare vLLM: " + " ".join(cmd[2:]))
     proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=logf.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -423,7 +424,7 @@ def probe_weak(args: argparse.Namespace, tasks: list[Task]) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     result = {"benchmark": "cascade_weak_probe", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "model": f"{GROUP} (bare vllm-cpu 0.32 api_server, enforce_eager, bfloat16)",
+              "model": f"{GROUP} (bare vllm-cpu 0.32 api_server, enforce_eager, float32)",
               "params": {"temperature": 0.0, "max_tokens": args.max_tokens, "logprobs": True,
                          "tasks": len(tasks), "response_format": bool(args.response_format)},
               "summary": probe_summary(rows), "rows": rows}

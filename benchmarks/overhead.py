@@ -42,6 +42,7 @@ import psutil
 if __package__ in (None, ""):  # run as a script (`python benchmarks/overhead.py`): make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.stats import pct
+from serving.engines.ray_llm import CPU_DEFAULT_DTYPE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -242,7 +243,8 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 def start_bare_vllm(model_dir: Path, port: int, logf: Path) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", "tiny", "--enforce-eager", "--max-model-len", "2048",
+           "--served-model-name", "tiny", "--enforce-eager", "--dtype", CPU_DEFAULT_DTYPE,
+           "--max-model-len", "2048",
            "--host", "127.0.0.1", "--port", str(port)]
     log("starting bare vLLM: " + " ".join(cmd[2:]))
     proc = subprocess.Popen(cmd, env=env, stdout=logf.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

