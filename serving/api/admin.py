@@ -24,12 +24,11 @@ from starlette.responses import JSONResponse, Response
 
 from serving.api.errors import APIError
 from serving.api.protocol import parse_json_object
-from serving.config import NAME_RE
+from serving.config import NAME_RE, LimitsConfig
 from serving.policy.keys import KeyRecord, bearer_token, key_digest, new_key, same_secret
 from serving.policy.layer import PolicyLayer
 from serving.policy.limits import Scope, counter_keys
 from serving.policy.store import PolicyStore, StoreUnavailable
-from serving.policy_config import LimitsConfig
 
 KILL_SCOPES = ("global", "tenant:", "route:", "key:")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Container
 from typing import Any
 
 from starlette.requests import Request
@@ -18,13 +18,15 @@ from starlette.responses import Response, StreamingResponse
 
 from serving.api.cancel import ClientGone, until_disconnect
 from serving.api.errors import APIError, from_engine_error
-from serving.api.protocol import ParsedRequest
+from serving.api.protocol import ParsedRequest, RequestOverrides
 from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, replay
+from serving.config import RouteConfig
 from serving.observability.recorder import RequestRecord
 from serving.observability.tracing import annotate
 from serving.policy.layer import PolicyLayer, RequestContext
 from serving.policy.route_pii import RoutePII
 from serving.routing.cascade import SAME, Cascade
+from serving.routing.gates import Gate, build_gates
 from serving.routing.outcomes import CascadeError, Outcome, StreamStart, last_tried
 from serving.routing.routes import Route
 
@@ -65,6 +67,22 @@ def account(ctx: RequestContext, outcome: Outcome, usage: dict[str, Any] | None)
                        versions=[outcome.model] if outcome.model else [])
 
 
+def plan(route: Route, overrides: RequestOverrides | None,
+         tiers: Container[str]) -> tuple[RouteConfig, dict[str, Gate]]:
+    """The route's config and gates with the request's `serving` overrides applied (a ValueError names the field;
+    `tiers`: the configured tier names a judge override may use)."""
+    if overrides is None or (overrides.gates is None and overrides.self_correct is None
+                             and overrides.on_exhausted is None and overrides.deadline_s is None):
+        return route.config, dict(route.gates)
+    if not route.config.allow_overrides:
+        raise ValueError(f"route {route.name} does not accept per-request overrides")
+    cfg = overrides.apply(route.config)
+    judge = cfg.gates.judge
+    if judge is not None and judge.tier not in tiers:
+        raise ValueError(f"serving.gates.judge.tier: unknown tier {judge.tier!r}")
+    return cfg, dict(build_gates(cfg.gates)) if overrides.gates is not None else dict(route.gates)
+
+
 class Dispatcher:
     """Serves resolved, admitted requests through the cascade and completes them (metrics, settle, audit)."""
 
@@ -83,7 +101,7 @@ class Dispatcher:
                        pin: str | None, ctx: RequestContext, rec: RequestRecord) -> Response:
         """Serve the request; raises `APIError` (recorded by the caller) when no tier answered acceptably."""
         try:
-            cfg, gates = self.cascade.plan(route, parsed.overrides)
+            cfg, gates = plan(route, parsed.overrides, self.cascade.tiers.tiers)
         except ValueError as exc:
             raise APIError(400, f"Invalid 'serving' overrides: {exc}", param="serving") from None
         cloud = await self._cloud_request(route, endpoint, parsed, ctx)

@@ -10,14 +10,20 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.api.server import build_api, freeze_heap
-from serving.config import GatewayConfig, ModelGroupConfig
+from serving.config import (
+    GatewayConfig,
+    ModelGroupConfig,
+    PoliciesConfig,
+    ProviderConfig,
+    RouteConfig,
+    TenantConfig,
+    TierConfig,
+)
 from serving.engines.base import Engine
 from serving.engines.ray_handle import RayLLMEngine
 from serving.engines.ray_llm import deployment_name
 from serving.observability.metrics import start_metrics_server
-from serving.policy_config import PoliciesConfig
 from serving.routing.groups import GroupRouter
-from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
 logger = logging.getLogger("serving.gateway")
 

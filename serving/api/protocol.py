@@ -7,13 +7,13 @@ lenient about some inputs OpenAI rejects, so the checks OpenAI makes up front ar
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from serving.api.errors import APIError
-from serving.routing_config import RequestOverrides
+from serving.config import GatesConfig, RouteConfig, StrictModel
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -116,6 +116,32 @@ def _validate(cls: type[BaseModel], body: dict[str, Any]) -> Any:
         raise APIError(400, f"Invalid value for '{param}': {msg}" if param else msg, param=param) from None
     except ValueError as exc:  # vLLM's VLLMValidationError and friends
         raise APIError(400, str(exc), param=getattr(exc, "parameter", None)) from None
+
+
+class RequestOverrides(StrictModel):
+    """The `serving` extension field of a request body (ignored by OpenAI; documented in docs/routing.md)."""
+
+    route: str | None = None
+    gates: GatesConfig | None = Field(
+        None, description="Per-gate config replacing the route's (gates not named keep the route's); null: off."
+    )
+    self_correct: bool | None = None
+    on_exhausted: Literal["best_effort", "error"] | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    engine: str | None = Field(
+        None, description="Model groups only: send the request to this engine of the group (evaluating a version)."
+    )
+
+    def apply(self, route: RouteConfig) -> RouteConfig:
+        """The route with these overrides applied (validated like the config)."""
+        update: dict[str, Any] = {}
+        if self.gates is not None:
+            named = {f: getattr(self.gates, f) for f in self.gates.model_fields_set}
+            update["gates"] = route.gates.model_copy(update=named)
+        for key in ("self_correct", "on_exhausted", "deadline_s"):
+            if (value := getattr(self, key)) is not None:
+                update[key] = value
+        return route.model_copy(update=update) if update else route
 
 
 class ParsedRequest:

@@ -22,18 +22,16 @@ from serving.api.middleware import RequestIdMiddleware
 from serving.api.pipeline import Parser, Pipeline, policy_error, request_id
 from serving.api.protocol import parse_chat, parse_completion
 from serving.api.shadow import Mirror
-from serving.config import GatewayConfig
+from serving.config import GatewayConfig, PoliciesConfig, ProviderConfig, RouteConfig, TenantConfig, TierConfig
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing, provider_from_config
 from serving.policy.layer import PolicyError, PolicyLayer
 from serving.policy.route_pii import RoutePII
-from serving.policy_config import PoliciesConfig
 from serving.routing.cascade import Cascade
 from serving.routing.groups import GroupRouter
 from serving.routing.health import EngineHealth
 from serving.routing.routes import RouteTable
 from serving.routing.tiers import CloudFactory, TierSet, default_cloud_factory
-from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
 
 
 class Gateway:

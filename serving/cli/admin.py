@@ -26,7 +26,7 @@ class AdminError(Exception):
 def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     import httpx
 
-    from serving.policy_config import AuthConfig
+    from serving.config import AuthConfig
 
     if args.url and not args.config:
         # a remote gateway: the local default config says nothing about it (and a plain `pip install` has none)

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from serving.policy_config import AuditConfig
+from serving.config import AuditConfig
 
 FLUSH_S = 0.5
 _STOP = object()

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from serving.policy_config import LimitsConfig
+from serving.config import LimitsConfig
 
 KEY_PREFIX = "sk-serving-"
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.config import AuthConfig, LimitsConfig, PoliciesConfig, TenantConfig
 from serving.observability.metrics import GatewayMetrics
 from serving.policy.audit import AuditLog
 from serving.policy.cache import cache_control, cache_key, is_deterministic
@@ -33,8 +34,6 @@ from serving.policy.limits import (
     settle_spec,
 )
 from serving.policy.store import PolicyStore, StoreUnavailable
-from serving.policy_config import AuthConfig, LimitsConfig, PoliciesConfig
-from serving.routing_config import TenantConfig
 
 logger = logging.getLogger("serving.policy")
 KEY_CACHE_MAX = 10_000

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.policy_config import AnomalyConfig, LimitsConfig
+from serving.config import AnomalyConfig, LimitsConfig
 
 HOUR_S, DAY_S = 3600, 86400
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from serving.config import PIIPolicy
 from serving.observability.metrics import GatewayMetrics
 from serving.policy.layer import RequestContext
 from serving.policy.limits import prompt_chars
 from serving.policy.pii import PIIScanner
-from serving.policy_config import PIIPolicy
 
 PII_INLINE_BYTES = 4096
 """Prompts larger than this are scanned in a worker thread (phone-number validation costs ms per KB of numbers)."""

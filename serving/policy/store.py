@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from serving.config import RedisConfig
 from serving.policy.scripts import ADMIT, SETTLE
-from serving.policy_config import RedisConfig
 
 logger = logging.getLogger("serving.policy")
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.rollout_config import AnalysisConfig
+from serving.config import AnalysisConfig
 
 
 @dataclass

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.config import ManagedModelConfig
 from serving.deploy.serve_config import engine_app_name
 from serving.rollout import plan
 from serving.rollout.analysis import EngineStats, MetricsSource, Snapshot, judge
@@ -33,7 +34,6 @@ from serving.rollout.appliers import Applier
 from serving.rollout.evaluate import EvalResult, evaluate, load_eval_tasks
 from serving.rollout.registry import Registry, VersionInfo
 from serving.rollout.spec import CHALLENGER, CHAMPION, engine_name
-from serving.rollout_config import ManagedModelConfig
 
 logger = logging.getLogger("serving.rollout")
 

@@ -14,13 +14,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from serving.config import RolloutConfig
 from serving.rollout import plan
 from serving.rollout.analysis import GatewayScrape, MetricsSource, PrometheusAPI, ReplicaScrape
 from serving.rollout.appliers import Applier, KubernetesApplier, LocalServeApplier
 from serving.rollout.controller import RolloutController
 from serving.rollout.registry import Registry
 from serving.rollout.server import ControllerServer
-from serving.rollout_config import RolloutConfig
 
 Say = Callable[[str], None]
 

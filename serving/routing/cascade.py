@@ -16,16 +16,16 @@ import logging
 import time
 from typing import Any
 
+from serving.config import RouteConfig, RouteTier
 from serving.engines.base import Completed, EngineItem
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing
 from serving.routing.call import DeadlineReached, TierCaller, outcome_of
-from serving.routing.gates import Answer, Gate, GateContext, GateResult, build_gates, run_gates
+from serving.routing.gates import Answer, Gate, GateContext, GateResult, run_gates
 from serving.routing.outcomes import Attempt, CascadeError, Outcome, StreamStart, failure
 from serving.routing.resilience import BREAKER_STATES
 from serving.routing.routes import Route
 from serving.routing.tiers import Tier, TierSet
-from serving.routing_config import RequestOverrides, RouteConfig, RouteTier
 
 logger = logging.getLogger("serving.routing")
 
@@ -65,21 +65,6 @@ class Cascade:
     def tier(self, route: Route, step: RouteTier) -> Tier:
         """The tier a step of `route` names (a model group's route has the group's own tier)."""
         return self.tiers.group_tier(route.name) if route.kind == "model_group" else self.tiers.tiers[step.tier]
-
-    # -------------------------------------------------------------------------------------------- planning
-
-    def plan(self, route: Route, overrides: RequestOverrides | None) -> tuple[RouteConfig, dict[str, Gate]]:
-        """The route's config and gates with the request's overrides applied (a ValueError names the field)."""
-        if overrides is None or (overrides.gates is None and overrides.self_correct is None
-                                 and overrides.on_exhausted is None and overrides.deadline_s is None):
-            return route.config, dict(route.gates)
-        if not route.config.allow_overrides:
-            raise ValueError(f"route {route.name} does not accept per-request overrides")
-        cfg = overrides.apply(route.config)
-        judge = cfg.gates.judge
-        if judge is not None and judge.tier not in self.tiers.tiers:
-            raise ValueError(f"serving.gates.judge.tier: unknown tier {judge.tier!r}")
-        return cfg, dict(build_gates(cfg.gates)) if overrides.gates is not None else dict(route.gates)
 
     # -------------------------------------------------------------------------------------------- helpers
 

@@ -1,7 +1,7 @@
 """Quality gates: checks on an answer that decide whether a tier's answer is accepted.
 
 A gate returns a `GateResult` (pass/fail with reasons). Gates are built once per route config from
-`serving.routing_config.GatesConfig`; per-request overrides build a fresh set.
+`serving.config.GatesConfig`; per-request overrides build a fresh set.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import jsonschema
 
-from serving.routing_config import (
+from serving.config import (
     ConfidenceGateConfig,
     EmptyGateConfig,
     GatesConfig,

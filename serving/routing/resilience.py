@@ -15,8 +15,8 @@ from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBre
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
+from serving.config import BreakerConfig, RetryConfig
 from serving.engines.base import TRANSIENT_ERRORS, EngineRateLimited, EngineRejected
-from serving.routing_config import BreakerConfig, RetryConfig
 
 T = TypeVar("T")
 BREAKER_STATES = {STATE_CLOSED: 0, STATE_HALF_OPEN: 1, STATE_OPEN: 2}

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from serving.config import RouteConfig, RouteTier, TenantConfig
 from serving.routing.gates import Gate, build_gates
 from serving.routing.groups import GroupRouter, UnknownModel
 from serving.routing.outcomes import TargetKind
-from serving.routing_config import RouteConfig, RouteTier, TenantConfig
 
 
 class UnknownRoute(LookupError):

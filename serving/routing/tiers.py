@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from serving.config import ProviderConfig, RetryConfig, TierConfig
 from serving.engines.base import Engine
 from serving.routing.groups import GroupRouter
 from serving.routing.health import EngineHealth
 from serving.routing.resilience import TierBreaker, TierDown
-from serving.routing_config import ProviderConfig, RetryConfig, TierConfig
 
 logger = logging.getLogger("serving.routing")
 

@@ -691,8 +691,7 @@ def test_schema_knows_the_platform_and_policies_keys() -> None:
     PoliciesConfig's (a field added in serving/ without the schema would make helm refuse a valid platform)."""
     import json
 
-    from serving.config import PlatformConfig
-    from serving.policy_config import PoliciesConfig
+    from serving.config import PlatformConfig, PoliciesConfig
 
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["platform"]
     assert set(schema["properties"]) == set(PlatformConfig.model_fields)

@@ -158,8 +158,8 @@ def test_standin_server_streams_with_usage_and_handles_unknown_prompts() -> None
 
 def test_cascade_benchmark_writes_a_valid_platform_config(tmp_path) -> None:
     from benchmarks.cascade import parse_thresholds, platform_yaml, run_configs
+    from serving.api.protocol import RequestOverrides
     from serving.config import load_config
-    from serving.routing_config import RequestOverrides
 
     args = type("A", (), {"metrics_port": 8089, "port": 8000, "strong_kind": "openai", "weak_usd_per_hour": 0.8,
                           "weak_tokens_per_s": 1500, "strong_model": "strong-model", "strong_price_in": 2.5,

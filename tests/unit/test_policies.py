@@ -634,8 +634,8 @@ def test_policies_without_redis_fail_at_start(monkeypatch):
 def test_audit_lines_reach_the_file_within_a_second_without_close(tmp_path):
     import time
 
+    from serving.config import AuditConfig
     from serving.policy.audit import AuditLog
-    from serving.policy_config import AuditConfig
 
     log = AuditLog(AuditConfig(path=str(tmp_path / "a.jsonl")))
     try:

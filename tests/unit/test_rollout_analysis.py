@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from serving.config import AnalysisConfig
 from serving.observability.metrics import GatewayMetrics
 from serving.rollout.analysis import EngineStats, PrometheusAPI, judge, parse_exposition
-from serving.rollout_config import AnalysisConfig
 
 
 def gateway_metrics() -> GatewayMetrics:

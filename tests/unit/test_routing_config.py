@@ -11,15 +11,16 @@ import yaml
 from pydantic import ValidationError
 
 from serving.api.ingress import routing_from_user_config
-from serving.config import ConfigError, parse_config
-from serving.deploy.serve_config import gateway_user_config
-from serving.routing_config import (
+from serving.api.protocol import RequestOverrides
+from serving.config import (
     DEFAULT_REFUSAL_PATTERNS,
+    ConfigError,
     GPUHourPrice,
     PriceConfig,
-    RequestOverrides,
     RouteConfig,
+    parse_config,
 )
+from serving.deploy.serve_config import gateway_user_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "configs" / "local.yaml"

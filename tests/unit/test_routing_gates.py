@@ -7,6 +7,15 @@ from typing import Any
 import pytest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from serving.config import (
+    ConfidenceGateConfig,
+    EmptyGateConfig,
+    GatesConfig,
+    JsonGateConfig,
+    JudgeGateConfig,
+    RefusalGateConfig,
+    RulesGateConfig,
+)
 from serving.routing.gates import (
     Answer,
     ConfidenceGate,
@@ -19,15 +28,6 @@ from serving.routing.gates import (
     RulesGate,
     build_gates,
     run_gates,
-)
-from serving.routing_config import (
-    ConfidenceGateConfig,
-    EmptyGateConfig,
-    GatesConfig,
-    JsonGateConfig,
-    JudgeGateConfig,
-    RefusalGateConfig,
-    RulesGateConfig,
 )
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -211,7 +211,7 @@ serving.dev/platform-client: "true"
 {{- end }}
 {{- end }}
 
-{{/* Environment of the Ray processes that platform.ray implies (RayConfig.cluster_env in serving/config.py). */}}
+{{/* Environment of the Ray processes that platform.ray implies (RayConfig.cluster_env in serving/config/platform.py). */}}
 {{- define "serving.rayClusterEnv" -}}
 {{- $platform := include "serving.platform" . | fromYaml -}}
 {{- $ray := default dict $platform.ray -}}

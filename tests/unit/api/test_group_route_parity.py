@@ -16,10 +16,9 @@ import pytest
 from ray.serve.llm.openai_api_models import ErrorResponse
 
 from serving.api.server import build_api
-from serving.config import GatewayConfig, ModelGroupConfig
+from serving.config import GatewayConfig, ModelGroupConfig, ProviderConfig, RouteConfig, TierConfig
 from serving.routing.groups import GroupRouter
 from serving.routing.resilience import TierDown
-from serving.routing_config import ProviderConfig, RouteConfig, TierConfig
 from tests.fakes import FakeEngine, context_length_error
 
 GROUP, ROUTE = "smollm2", "auto"

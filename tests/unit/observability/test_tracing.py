@@ -17,10 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from serving.api.server import build_api
-from serving.config import GatewayConfig, ModelGroupConfig, TracingConfig
+from serving.config import GatewayConfig, ModelGroupConfig, ProviderConfig, RouteConfig, TierConfig, TracingConfig
 from serving.observability.tracing import provider_from_config
 from serving.routing.groups import GroupRouter
-from serving.routing_config import ProviderConfig, RouteConfig, TierConfig
 from tests.fake_clouds import FakeOpenAI
 from tests.fakes import FakeEngine
 

@@ -1,6 +1,6 @@
 """Config models for quality-gated routing: cloud providers, tiers, gates, routes and tenants.
 
-Part of `serving.config.PlatformConfig` (kept in its own module for size). A route is the model name a client
+Part of `PlatformConfig`. A route is the model name a client
 sends; it names an ordered chain of tiers. A tier is a local model group (Ray Serve LLM engines) or a model of a
 cloud provider, with its price, timeout, retry policy and circuit breaker. Gates check each answer.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from serving.policy_config import LimitsConfig, PIIPolicy
+from serving.config.base import StrictModel
+from serving.config.policies import PIIPolicy
 
 GateKind = Literal["json", "rules", "refusal", "empty", "confidence", "judge"]
 GATE_KINDS: tuple[str, ...] = ("json", "rules", "refusal", "empty", "confidence", "judge")
@@ -27,14 +28,10 @@ DEFAULT_REFUSAL_PATTERNS = (
 """Case-insensitive patterns of common refusals (English), checked on the answer's first 400 characters."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-
-
 # --------------------------------------------------------------------------------------------- providers, tiers
 
 
-class ProviderConfig(_Strict):
+class ProviderConfig(StrictModel):
     """A cloud API account: OpenAI (or any OpenAI-compatible URL: Azure-style proxies, remote vLLM) or Anthropic."""
 
     kind: Literal["openai", "anthropic"]
@@ -55,7 +52,7 @@ class ProviderConfig(_Strict):
         return self.api_key_env or ("OPENAI_API_KEY" if self.kind == "openai" else "ANTHROPIC_API_KEY")
 
 
-class GPUHourPrice(_Strict):
+class GPUHourPrice(StrictModel):
     """An amortised price for a local tier: what its GPUs cost per hour over what they sustain."""
 
     usd_per_hour: float = Field(gt=0, description="Price of one GPU-hour (cloud list price or amortised capex).")
@@ -66,7 +63,7 @@ class GPUHourPrice(_Strict):
     )
 
 
-class PriceConfig(_Strict):
+class PriceConfig(StrictModel):
     """USD per 1M input / output tokens, given directly or derived from a GPU-hour price."""
 
     input_per_1m: float | None = Field(None, ge=0)
@@ -89,7 +86,7 @@ class PriceConfig(_Strict):
         return (self.input_per_1m or 0.0) / 1e6, (self.output_per_1m or 0.0) / 1e6
 
 
-class RetryConfig(_Strict):
+class RetryConfig(StrictModel):
     """Retries on transport faults (429, 5xx, timeouts, connection errors): exponential backoff with jitter."""
 
     attempts: int = Field(3, ge=1, le=20, description="Tries per tier call, the first included.")
@@ -101,7 +98,7 @@ class RetryConfig(_Strict):
     )
 
 
-class BreakerConfig(_Strict):
+class BreakerConfig(StrictModel):
     """A circuit breaker per tier: `failure_threshold` transport faults in a row open it for `cooldown_s`;
     then one half-open trial call closes it again or re-opens it."""
 
@@ -109,7 +106,7 @@ class BreakerConfig(_Strict):
     cooldown_s: float = Field(30.0, gt=0)
 
 
-class TierConfig(_Strict):
+class TierConfig(StrictModel):
     """One step of a route's chain: a local model group or a cloud model."""
 
     model_group: str | None = Field(None, description="A local model group (Ray Serve LLM engines).")
@@ -151,7 +148,7 @@ def _check_regexes(values: list[str]) -> list[str]:
     return values
 
 
-class JsonGateConfig(_Strict):
+class JsonGateConfig(StrictModel):
     """The answer must be JSON (and match a JSON schema).
 
     Applies when the request's `response_format` asks for `json_object` / `json_schema` (its schema is used),
@@ -174,7 +171,7 @@ class JsonGateConfig(_Strict):
         return value
 
 
-class RulesGateConfig(_Strict):
+class RulesGateConfig(StrictModel):
     """Regex and length rules on the answer text."""
 
     must_match: list[str] = Field(default_factory=list, description="Regexes the answer must contain (re.search).")
@@ -186,7 +183,7 @@ class RulesGateConfig(_Strict):
     _regexes = field_validator("must_match", "must_not_match")(classmethod(lambda cls, v: _check_regexes(v)))
 
 
-class RefusalGateConfig(_Strict):
+class RefusalGateConfig(StrictModel):
     """Fails answers that refuse ("I'm sorry, but I can't ...")."""
 
     patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
@@ -195,14 +192,14 @@ class RefusalGateConfig(_Strict):
     _regexes = field_validator("patterns", "extra_patterns")(classmethod(lambda cls, v: _check_regexes(v)))
 
 
-class EmptyGateConfig(_Strict):
+class EmptyGateConfig(StrictModel):
     """Fails empty or whitespace-only answers, and answers cut off by max_tokens when `allow_truncated` is false."""
 
     min_chars: int = Field(1, ge=1, description="Fewer non-whitespace characters than this fails.")
     allow_truncated: bool = Field(True, description="false: finish_reason 'length' fails the gate.")
 
 
-class ConfidenceGateConfig(_Strict):
+class ConfidenceGateConfig(StrictModel):
     """Token-logprob confidence: the answer's mean (and/or minimum) token logprob must reach a threshold.
 
     The gateway asks the tier for logprobs (and strips them again unless the client asked for them). A tier
@@ -226,7 +223,7 @@ DEFAULT_JUDGE_PROMPT = (
 )
 
 
-class JudgeGateConfig(_Strict):
+class JudgeGateConfig(StrictModel):
     """Another tier scores the answer from 1 to 10; below `threshold` fails."""
 
     tier: str = Field(description="The tier asked to judge (from `tiers`).")
@@ -243,7 +240,7 @@ class JudgeGateConfig(_Strict):
         return value
 
 
-class GatesConfig(_Strict):
+class GatesConfig(StrictModel):
     """The gates of a route (null: off). Per request, `serving.gates` in the body overrides them."""
 
     json_: JsonGateConfig | None = Field(None, alias="json")
@@ -261,7 +258,7 @@ class GatesConfig(_Strict):
 # ------------------------------------------------------------------------------------------------------ routes
 
 
-class RouteTier(_Strict):
+class RouteTier(StrictModel):
     """A tier in a route's chain, with the gates that apply to its answers."""
 
     tier: str
@@ -269,7 +266,7 @@ class RouteTier(_Strict):
     self_correct: bool | None = Field(None, description="Override the route's self_correct for this tier.")
 
 
-class RouteConfig(_Strict):
+class RouteConfig(StrictModel):
     """The model name a client sends, mapped to an ordered tier chain with quality gates."""
 
     tiers: list[RouteTier] = Field(min_length=1)
@@ -296,42 +293,3 @@ class RouteConfig(_Strict):
     @property
     def gated(self) -> bool:
         return bool(self.gates.enabled())
-
-
-class TenantConfig(_Strict):
-    """A team sharing the platform: its routes, allowed models, limits and audit choice. API keys map to tenants."""
-
-    routes: dict[str, str] = Field(default_factory=dict, description="Model name -> route for this tenant.")
-    default_route: str | None = Field(None, description="Route for any model name this tenant sends.")
-    models: list[str] | None = Field(
-        None, description="Model names (groups or routes) this tenant may use; default: all. Others get a 403."
-    )
-    limits: LimitsConfig | None = Field(None, description="Overrides of policies.limits for this tenant.")
-    audit_prompts: bool = Field(False, description="Put prompt text in this tenant's audit lines (opt-in).")
-    cache: bool = Field(True, description="Use the response cache (when policies.cache is on).")
-
-
-class RequestOverrides(_Strict):
-    """The `serving` extension field of a request body (ignored by OpenAI; documented in docs/routing.md)."""
-
-    route: str | None = None
-    gates: GatesConfig | None = Field(
-        None, description="Per-gate config replacing the route's (gates not named keep the route's); null: off."
-    )
-    self_correct: bool | None = None
-    on_exhausted: Literal["best_effort", "error"] | None = None
-    deadline_s: float | None = Field(None, gt=0)
-    engine: str | None = Field(
-        None, description="Model groups only: send the request to this engine of the group (evaluating a version)."
-    )
-
-    def apply(self, route: RouteConfig) -> RouteConfig:
-        """The route with these overrides applied (validated like the config)."""
-        update: dict[str, Any] = {}
-        if self.gates is not None:
-            named = {f: getattr(self.gates, f) for f in self.gates.model_fields_set}
-            update["gates"] = route.gates.model_copy(update=named)
-        for key in ("self_correct", "on_exhausted", "deadline_s"):
-            if (value := getattr(self, key)) is not None:
-                update[key] = value
-        return route.model_copy(update=update) if update else route

@@ -1,150 +1,24 @@
-"""One validated model of the whole platform, loaded from YAML.
+"""One validated model of the whole platform, loaded from YAML (see `serving.config.loader`).
 
-The same `PlatformConfig` feeds the Ray Serve application (`serving.app`), the CLI and, later, the Helm values.
-A bad file fails at load with the field's path (`engines.smollm2.gpu.count: Input should be greater than 0`).
+The same `PlatformConfig` feeds the Ray Serve application (`serving.app`), the CLI and the Helm values. Its parts
+live in their own modules: engines and model groups, routing, tenants, policies, rollout.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from serving.policy_config import PoliciesConfig
-from serving.rollout_config import RolloutConfig
-from serving.routing_config import ProviderConfig, RouteConfig, TenantConfig, TierConfig
-
-_PATH_PREFIX = re.compile(r"^[a-z_]+(\.\S+)+: ")
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-"""Engine and model-group names: lower-case DNS-like labels (they become Ray Serve and Kubernetes names)."""
-
-Quantization = Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8"]
+from serving.config.base import NAME_RE, StrictModel
+from serving.config.engines import EngineConfig, ModelGroupConfig
+from serving.config.policies import PoliciesConfig
+from serving.config.rollout import RolloutConfig
+from serving.config.routing import ProviderConfig, RouteConfig, TierConfig
+from serving.config.tenants import TenantConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class GPUSpec(_Strict):
-    """GPU placement of one engine replica (CUDA vLLM)."""
-
-    count: int = Field(1, ge=1, le=64, description="GPUs per replica; becomes vLLM tensor_parallel_size.")
-    accelerator_type: str | None = Field(
-        None, description="Ray accelerator type, e.g. H100, A100-80G, L4, A10G (schedules on matching nodes)."
-    )
-    memory_utilization: float = Field(0.90, gt=0.0, le=1.0, description="vLLM gpu_memory_utilization.")
-
-
-class ReplicaSpec(_Strict):
-    """Replica count of an engine deployment; min == max means a fixed count."""
-
-    min: int = Field(1, ge=0)
-    max: int = Field(1, ge=1)
-    target_ongoing_requests: int = Field(16, ge=1, description="Autoscaling target per replica.")
-
-    @model_validator(mode="after")
-    def _min_le_max(self) -> ReplicaSpec:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
-        return self
-
-
-class EngineConfig(_Strict):
-    """One vLLM engine deployment (a Ray Serve LLM `LLMServer`) serving one model version."""
-
-    model: str = Field(
-        description=(
-            "Model source: builtin:smollm2-135m-instruct, builtin:tiny-llama[?seed=N], catalog:<name>, "
-            "hf:<org/repo>, or a local directory."
-        )
-    )
-    revision: str | None = Field(None, description="Pinned Hugging Face revision (commit sha) for hf: sources.")
-    device: Literal["cpu", "gpu"] = "gpu"
-    quantization: Quantization | None = None
-    dtype: str = Field("auto", description="vLLM dtype (auto, float16, bfloat16, float32).")
-    max_model_len: int | None = Field(None, ge=16, description="Context length; default: the model's.")
-    max_num_seqs: int | None = Field(None, ge=1, description="Max concurrent sequences per replica.")
-    enable_prefix_caching: bool | None = Field(None, description="Default: on for GPU, off for CPU.")
-    gpu: GPUSpec = Field(default_factory=GPUSpec)
-    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec)
-    kv_cache_gib: int = Field(1, ge=1, description="CPU only: VLLM_CPU_KVCACHE_SPACE in whole GiB (vLLM reads an int).")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra vLLM engine arguments; they override the generated ones."
-    )
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the engine replicas.")
-
-    @field_validator("model")
-    @classmethod
-    def _valid_source(cls, value: str) -> str:
-        from models.loader import parse_model_source
-
-        parse_model_source(value)  # raises ValueError with the reason
-        return value
-
-    @model_validator(mode="after")
-    def _source_with_revision(self) -> EngineConfig:
-        from models.loader import parse_model_source
-
-        if self.revision is not None:
-            parse_model_source(self.model, revision=self.revision)  # builtin/path take none; inline must agree
-        return self
-
-    @model_validator(mode="after")
-    def _device_consistency(self) -> EngineConfig:
-        if self.device == "cpu" and self.quantization in ("awq", "awq_marlin", "gptq_marlin", "fp8"):
-            raise ValueError(f"quantization {self.quantization!r} needs a GPU engine (device: gpu)")
-        return self
-
-
-class GroupMember(_Strict):
-    """An engine inside a model group, with its traffic weight."""
-
-    engine: str
-    weight: float = Field(1.0, ge=0.0)
-
-
-class ShadowConfig(_Strict):
-    """Mirror a share of a group's requests to an engine that is not in traffic; its answers are discarded."""
-
-    engine: str
-    percent: float = Field(100.0, gt=0, le=100, description="Share of the group's requests mirrored.")
-
-
-class ModelGroupConfig(_Strict):
-    """The model name clients send, mapped to one or more engine deployments (versions)."""
-
-    engines: list[GroupMember] = Field(min_length=1)
-    description: str = ""
-    sticky: bool = Field(
-        False,
-        description=(
-            "Pick the engine from a hash of the caller (the request's `user`, x-serving-user, or the API key), so "
-            "a caller stays on one version while the weights move one way (the first engine's share grows)."
-        ),
-    )
-    shadow: ShadowConfig | None = Field(None, description="Mirror traffic to an engine (blue-green warm-up).")
-
-    @field_validator("engines", mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"engine": v} if isinstance(v, str) else v for v in value]
-        return value
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> ModelGroupConfig:
-        if sum(m.weight for m in self.engines) <= 0:
-            raise ValueError("at least one engine must have a weight > 0")
-        names = [m.engine for m in self.engines]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate engines in group: {names}")
-        return self
-
-
-class TracingConfig(_Strict):
+class TracingConfig(StrictModel):
     """OpenTelemetry traces of the request path (one trace per request: a span per stage and per tier attempt)."""
 
     enabled: bool = Field(False, description="Export traces (off: no spans are made at all).")
@@ -159,7 +33,7 @@ class TracingConfig(_Strict):
     )
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(StrictModel):
     """The OpenAI-compatible ingress deployment."""
 
     host: str = "127.0.0.1"
@@ -194,7 +68,7 @@ class GatewayConfig(_Strict):
         return value
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     """Where the Serve application runs."""
 
     address: str | None = Field(None, description="Existing Ray cluster address; None starts a local one.")
@@ -228,7 +102,7 @@ class RayConfig(_Strict):
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
-class PlatformConfig(_Strict):
+class PlatformConfig(StrictModel):
     """The whole platform: Ray, the gateway, engines, the model groups and the routes clients address."""
 
     version: Literal[1] = 1
@@ -316,52 +190,3 @@ class PlatformConfig(_Strict):
                     raise unknown(f"tenants.{name}.routes.{model}", "route", route_name, self.routes)
             if tenant.default_route is not None and tenant.default_route not in self.routes:
                 raise unknown(f"tenants.{name}.default_route", "route", tenant.default_route, self.routes)
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; `errors` holds `path: message` lines."""
-
-    def __init__(self, source: str, errors: list[str]):
-        self.source = source
-        self.errors = errors
-        super().__init__(f"{source}: invalid config\n" + "\n".join(f"  {e}" for e in errors))
-
-
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """Render pydantic errors as `dotted.path: message` lines."""
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        # Cross-field checks on the root name their own path (`model_groups.g: unknown engine ...`).
-        lines.append(f"{path}: {msg}" if path else msg if _PATH_PREFIX.match(msg) else f"(root): {msg}")
-    return lines
-
-
-def parse_config(data: Any, source: str = "<config>") -> PlatformConfig:
-    """Validate a mapping into a `PlatformConfig`, raising `ConfigError` with field paths."""
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"(root): expected a mapping, got {type(data).__name__}"])
-    try:
-        return PlatformConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, format_validation_error(exc)) from None
-
-
-def load_config(path: str | Path) -> PlatformConfig:
-    """Load and validate a YAML platform config file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(str(path), [f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_config(data, str(path))
-
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"

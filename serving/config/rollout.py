@@ -1,7 +1,7 @@
 """Config models for registry-driven rollouts: which model groups follow an MLflow registered model, and how a new
 version is rolled out (canary steps or blue-green), analysed and promoted or rolled back.
 
-Part of `serving.config.PlatformConfig` (`rollout:`). The ML engineer's side (register a version, set the
+Part of `PlatformConfig` (`rollout:`). The ML engineer's side (register a version, set the
 `challenger` alias) lives in MLflow; this is the platform engineer's policy for what happens next.
 """
 
@@ -10,14 +10,12 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from serving.config.base import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class AnalysisConfig(_Strict):
+class AnalysisConfig(StrictModel):
     """Checks on the challenger's live metrics at each step (from the gateway's per-engine metrics).
 
     Absolute limits apply to the challenger alone; `max_*_ratio` compare it with the champion over the same window.
@@ -42,7 +40,7 @@ class AnalysisConfig(_Strict):
     max_failures: int = Field(1, ge=1, description="Failed analyses before the rollout is rolled back.")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     """The offline golden-set evaluation of the challenger, through the gateway, before it gets traffic."""
 
     enabled: bool = True
@@ -57,7 +55,7 @@ class EvalConfig(_Strict):
     max_tokens: int = Field(64, ge=1)
 
 
-class StrategyConfig(_Strict):
+class StrategyConfig(StrictModel):
     """How traffic moves to the challenger."""
 
     kind: Literal["canary", "blue_green"] = "canary"
@@ -86,7 +84,7 @@ class StrategyConfig(_Strict):
         return steps
 
 
-class ManagedModelConfig(_Strict):
+class ManagedModelConfig(StrictModel):
     """A model group whose versions come from an MLflow registered model."""
 
     registered_model: str | None = Field(None, description="MLflow registered model name (default: the group's).")
@@ -96,7 +94,7 @@ class ManagedModelConfig(_Strict):
     sticky: bool = Field(True, description="A user (API key / x-serving-user) stays on one version during a split.")
 
 
-class RolloutConfig(_Strict):
+class RolloutConfig(StrictModel):
     """The rollout controller: where the registry is, how often to look, and the managed model groups."""
 
     registry_uri: str | None = Field(

@@ -1,6 +1,6 @@
 """Config models of the gateway's policy layer: API keys, limits, budgets, runaway protection, cache, PII, audit.
 
-Part of `serving.config.PlatformConfig` (`policies:`; per-tenant `tenants.<t>.limits`, per-route `routes.<r>.pii`).
+Part of `PlatformConfig` (`policies:`; per-tenant `tenants.<t>.limits`, per-route `routes.<r>.pii`).
 Shared state (keys, counters, kill switches, cached answers) lives in Redis so every gateway replica enforces the
 same limits; see docs/policies.md.
 """
@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from serving.config.base import StrictModel
 
 PII_KINDS: tuple[str, ...] = ("email", "phone", "card", "national_id")
 PIIKind = Literal["email", "phone", "card", "national_id"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-
-
-class RedisConfig(_Strict):
+class RedisConfig(StrictModel):
     """Where the shared policy state lives, and what happens when it cannot be reached."""
 
     url: str | None = Field(None, description="redis:// or rediss:// URL; default: the `url_env` variable.")
@@ -37,7 +35,7 @@ class RedisConfig(_Strict):
     prefix: str = Field("serving:", description="Prefix of every key the gateway writes.")
 
 
-class AuthConfig(_Strict):
+class AuthConfig(StrictModel):
     """Gateway API keys (stored hashed in Redis, each mapped to a tenant) and the admin credential."""
 
     enabled: bool = Field(
@@ -56,7 +54,7 @@ class AuthConfig(_Strict):
     )
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictModel):
     """Limits of a tenant or of one key (unset: no limit). Requests and tokens per minute are token buckets; the
     daily token quota and the USD budgets are calendar windows (UTC)."""
 
@@ -77,7 +75,7 @@ class LimitsConfig(_Strict):
         return any(getattr(self, f) is not None for f in type(self).model_fields)
 
 
-class AnomalyConfig(_Strict):
+class AnomalyConfig(StrictModel):
     """Runaway protection: a tenant's request rate per window against its own moving baseline."""
 
     enabled: bool = True
@@ -92,7 +90,7 @@ class AnomalyConfig(_Strict):
     throttle_s: float = Field(300.0, gt=0, description="How long a throttle lasts after the last anomaly.")
 
 
-class SemanticCacheConfig(_Strict):
+class SemanticCacheConfig(StrictModel):
     """On an exact miss, answer from the cached answer of a similar prompt (all-MiniLM-L6-v2 embeddings)."""
 
     enabled: bool = Field(False, description="Needs the `semantic` extra; a similar prompt is not the same prompt.")
@@ -101,7 +99,7 @@ class SemanticCacheConfig(_Strict):
     refresh_s: float = Field(2.0, ge=0, description="How stale a replica's copy of a bucket may get.")
 
 
-class CacheConfig(_Strict):
+class CacheConfig(StrictModel):
     """Exact-match response cache for deterministic requests (temperature 0 or a seed), per tenant."""
 
     enabled: bool = False
@@ -110,7 +108,7 @@ class CacheConfig(_Strict):
     semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
 
 
-class AuditConfig(_Strict):
+class AuditConfig(StrictModel):
     """One JSON line per request: who, which route, tiers, gates, versions, tokens, cost, latency, cache."""
 
     enabled: bool = True
@@ -119,7 +117,7 @@ class AuditConfig(_Strict):
     )
 
 
-class PoliciesConfig(_Strict):
+class PoliciesConfig(StrictModel):
     """The gateway's policy layer (docs/policies.md)."""
 
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -142,7 +140,7 @@ class PoliciesConfig(_Strict):
         return self.auth.enabled or self.limits.any or self.cache.enabled
 
 
-class PIIPolicy(_Strict):
+class PIIPolicy(StrictModel):
     """A route's handling of personal data in prompts bound for cloud tiers (local tiers always get the prompt)."""
 
     action: Literal["allow", "redact", "block"] = Field(

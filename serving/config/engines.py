@@ -1,0 +1,130 @@
+"""Config models of the local engines (vLLM on Ray Serve LLM) and the model groups clients address.
+
+Part of `PlatformConfig` (`engines:`, `model_groups:`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from serving.config.base import StrictModel
+
+Quantization = Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8"]
+
+
+class GPUSpec(StrictModel):
+    """GPU placement of one engine replica (CUDA vLLM)."""
+
+    count: int = Field(1, ge=1, le=64, description="GPUs per replica; becomes vLLM tensor_parallel_size.")
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type, e.g. H100, A100-80G, L4, A10G (schedules on matching nodes)."
+    )
+    memory_utilization: float = Field(0.90, gt=0.0, le=1.0, description="vLLM gpu_memory_utilization.")
+
+
+class ReplicaSpec(StrictModel):
+    """Replica count of an engine deployment; min == max means a fixed count."""
+
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+    target_ongoing_requests: int = Field(16, ge=1, description="Autoscaling target per replica.")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ReplicaSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class EngineConfig(StrictModel):
+    """One vLLM engine deployment (a Ray Serve LLM `LLMServer`) serving one model version."""
+
+    model: str = Field(
+        description=(
+            "Model source: builtin:smollm2-135m-instruct, builtin:tiny-llama[?seed=N], catalog:<name>, "
+            "hf:<org/repo>, or a local directory."
+        )
+    )
+    revision: str | None = Field(None, description="Pinned Hugging Face revision (commit sha) for hf: sources.")
+    device: Literal["cpu", "gpu"] = "gpu"
+    quantization: Quantization | None = None
+    dtype: str = Field("auto", description="vLLM dtype (auto, float16, bfloat16, float32).")
+    max_model_len: int | None = Field(None, ge=16, description="Context length; default: the model's.")
+    max_num_seqs: int | None = Field(None, ge=1, description="Max concurrent sequences per replica.")
+    enable_prefix_caching: bool | None = Field(None, description="Default: on for GPU, off for CPU.")
+    gpu: GPUSpec = Field(default_factory=GPUSpec)
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec)
+    kv_cache_gib: int = Field(1, ge=1, description="CPU only: VLLM_CPU_KVCACHE_SPACE in whole GiB (vLLM reads an int).")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments; they override the generated ones."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the engine replicas.")
+
+    @field_validator("model")
+    @classmethod
+    def _valid_source(cls, value: str) -> str:
+        from models.loader import parse_model_source
+
+        parse_model_source(value)  # raises ValueError with the reason
+        return value
+
+    @model_validator(mode="after")
+    def _source_with_revision(self) -> EngineConfig:
+        from models.loader import parse_model_source
+
+        if self.revision is not None:
+            parse_model_source(self.model, revision=self.revision)  # builtin/path take none; inline must agree
+        return self
+
+    @model_validator(mode="after")
+    def _device_consistency(self) -> EngineConfig:
+        if self.device == "cpu" and self.quantization in ("awq", "awq_marlin", "gptq_marlin", "fp8"):
+            raise ValueError(f"quantization {self.quantization!r} needs a GPU engine (device: gpu)")
+        return self
+
+
+class GroupMember(StrictModel):
+    """An engine inside a model group, with its traffic weight."""
+
+    engine: str
+    weight: float = Field(1.0, ge=0.0)
+
+
+class ShadowConfig(StrictModel):
+    """Mirror a share of a group's requests to an engine that is not in traffic; its answers are discarded."""
+
+    engine: str
+    percent: float = Field(100.0, gt=0, le=100, description="Share of the group's requests mirrored.")
+
+
+class ModelGroupConfig(StrictModel):
+    """The model name clients send, mapped to one or more engine deployments (versions)."""
+
+    engines: list[GroupMember] = Field(min_length=1)
+    description: str = ""
+    sticky: bool = Field(
+        False,
+        description=(
+            "Pick the engine from a hash of the caller (the request's `user`, x-serving-user, or the API key), so "
+            "a caller stays on one version while the weights move one way (the first engine's share grows)."
+        ),
+    )
+    shadow: ShadowConfig | None = Field(None, description="Mirror traffic to an engine (blue-green warm-up).")
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"engine": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ModelGroupConfig:
+        if sum(m.weight for m in self.engines) <= 0:
+            raise ValueError("at least one engine must have a weight > 0")
+        names = [m.engine for m in self.engines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate engines in group: {names}")
+        return self
