@@ -23,7 +23,8 @@ from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, repla
 from serving.config import RouteConfig
 from serving.observability.recorder import RequestRecord
 from serving.observability.tracing import annotate
-from serving.policy.layer import PolicyLayer, RequestContext
+from serving.policy.context import RequestContext
+from serving.policy.layer import PolicyLayer
 from serving.policy.route_pii import RoutePII
 from serving.routing.cascade import SAME, Cascade
 from serving.routing.gates import Gate, build_gates

@@ -26,7 +26,8 @@ from serving.api.streaming import SSE_HEADERS, replay
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.recorder import RequestRecord
 from serving.observability.tracing import Tracing, annotate
-from serving.policy.layer import PolicyError, PolicyLayer, Principal, RequestContext
+from serving.policy.context import PolicyError, Principal, RequestContext
+from serving.policy.layer import PolicyLayer
 from serving.routing.groups import CALLER_KEY, GroupRouter, UnknownEngine, UnknownModel
 from serving.routing.health import EngineHealth
 from serving.routing.routes import Route, RouteTable, UnknownRoute

@@ -25,7 +25,8 @@ from serving.api.shadow import Mirror
 from serving.config import GatewayConfig, PoliciesConfig, ProviderConfig, RouteConfig, TenantConfig, TierConfig
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing, provider_from_config
-from serving.policy.layer import PolicyError, PolicyLayer
+from serving.policy.context import PolicyError
+from serving.policy.layer import PolicyLayer
 from serving.policy.route_pii import RoutePII
 from serving.routing.cascade import Cascade
 from serving.routing.groups import GroupRouter

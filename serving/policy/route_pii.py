@@ -7,7 +7,7 @@ from typing import Any
 
 from serving.config import PIIPolicy
 from serving.observability.metrics import GatewayMetrics
-from serving.policy.layer import RequestContext
+from serving.policy.context import RequestContext
 from serving.policy.limits import prompt_chars
 from serving.policy.pii import PIIScanner
 

@@ -33,13 +33,13 @@ from serving.rollout.analysis import EngineStats, MetricsSource, Snapshot, judge
 from serving.rollout.appliers import Applier
 from serving.rollout.evaluate import EvalResult, evaluate, load_eval_tasks
 from serving.rollout.registry import Registry, VersionInfo
+from serving.rollout.runs import RolloutRuns
 from serving.rollout.spec import CHALLENGER, CHAMPION, engine_name
 
 logger = logging.getLogger("serving.rollout")
 
 ACTIVE = ("deploying", "evaluating", "shadow", "canary", "retiring")
 DONE = ("promoted", "rolled_back")
-EXPERIMENT = "serving-rollouts"
 
 
 @dataclass
@@ -76,6 +76,7 @@ class RolloutController:
         self.eval_headers = {"cache-control": "no-cache"}
         if gateway_api_key:
             self.eval_headers["authorization"] = f"Bearer {gateway_api_key}"
+        self.runs = RolloutRuns(registry, clock)
         self.windows: dict[str, Window] = {}
         self.events: list[Event] = []
         self.last_tick: float | None = None
@@ -162,7 +163,7 @@ class RolloutController:
         name = engine_name(group, v.version)
         serve_cfg = self.applier.read()
         champions = {e: w for e, w in plan.members(serve_cfg, group).items() if e != name and w > 0}
-        run_id = self._start_run(group, v, policy, champions)
+        run_id = self.runs.start(group, v, policy.strategy.kind, self._steps(policy), champions)
         spec = v.spec
         assert spec is not None  # a challenger without a serving spec was refused before this
         self.applier.update(lambda cfg: plan.add_engine(cfg, group, name, spec.engine))
@@ -201,7 +202,7 @@ class RolloutController:
         theirs = (self.evaluator(self.gateway_url, group, next(iter(champions)), tasks, max_tokens=cfg.max_tokens,
                                  headers=self.eval_headers)
                   if champions and cfg.max_drop is not None else None)
-        self._log_metrics(tags, {"eval_accuracy": mine.accuracy, "eval_errors": mine.errors,
+        self.runs.log(tags, {"eval_accuracy": mine.accuracy, "eval_errors": mine.errors,
                                  **({"champion_eval_accuracy": theirs.accuracy} if theirs else {})})
         reasons = []
         if mine.errors:
@@ -238,7 +239,7 @@ class RolloutController:
         d = now.get(name, EngineStats()).minus(window.baseline.get(name, EngineStats()))
         shadow_as_traffic = EngineStats(requests=d.shadow_requests, errors=d.shadow_errors)
         verdict = judge(shadow_as_traffic, None, policy.analysis)
-        self._log_metrics(v.rollout_tags, {"shadow_requests": d.shadow_requests, "shadow_errors": d.shadow_errors})
+        self.runs.log(v.rollout_tags, {"shadow_requests": d.shadow_requests, "shadow_errors": d.shadow_errors})
         if verdict.result == "fail":
             return self._rollback(group, model, v, "shadow: " + "; ".join(verdict.reasons))
         if self.clock() - float(v.rollout_tags.get("state_since", 0)) >= policy.strategy.shadow_s:
@@ -256,7 +257,7 @@ class RolloutController:
         self.applier.update(lambda cfg: plan.set_split(cfg, group, weights, sticky=policy.sticky))
         self._tag(model, v, state="canary", step=step, share=share, state_since=self.clock(), failures=0)
         self.windows.pop(group, None)
-        self._log_metrics(v.rollout_tags, {"challenger_share": share}, step=step)
+        self.runs.log(v.rollout_tags, {"challenger_share": share}, step=step)
         self._emit(group, v.version, "step", step=step, share=share)
 
     def _canary(self, group: str, model: str, v: VersionInfo, policy: ManagedModelConfig) -> None:
@@ -275,7 +276,7 @@ class RolloutController:
         verdict = judge(mine, theirs, policy.analysis)
         if verdict.result == "fail":
             failures = int(tags.get("failures", 0)) + 1
-            self._log_metrics(tags, {"analysis_failures": failures}, step=step)
+            self.runs.log(tags, {"analysis_failures": failures}, step=step)
             if failures >= policy.analysis.max_failures:
                 return self._rollback(group, model, v, f"step {step} ({self._steps(policy)[step]:g}%): "
                                       + "; ".join(verdict.reasons), figures=verdict.figures)
@@ -285,7 +286,7 @@ class RolloutController:
         held = self.clock() - float(tags.get("state_since", 0)) >= policy.strategy.step_hold_s
         if verdict.result == "pass" and held:
             figures = {k: val for k, val in verdict.figures.items() if isinstance(val, (int, float))}
-            self._log_metrics(tags, figures, step=step)
+            self.runs.log(tags, figures, step=step)
             self._emit(group, v.version, "step_passed", step=step, **figures)
             if step + 1 < len(self._steps(policy)):
                 self._set_step(group, model, v, policy, step + 1)
@@ -342,7 +343,7 @@ class RolloutController:
         self.applier.update(remove)
         final = tags.get("next_state", "rolled_back")
         self._tag(model, v, state=final, finished=self.clock())
-        self._end_run(tags, "FINISHED" if final == "promoted" else "FAILED")
+        self.runs.end(tags, "FINISHED" if final == "promoted" else "FAILED")
         self._emit(group, v.version, f"{final}_done", retired=retire)
 
     def _abort_orphans(self, group: str, model: str, aliases: dict[str, int]) -> None:
@@ -371,31 +372,6 @@ class RolloutController:
         event = Event(group, version, what, detail)
         self.events.append(event)
         logger.info("rollout %s v%s: %s %s", group, version, what, detail or "")
-
-    def _start_run(self, group: str, v: VersionInfo, policy: ManagedModelConfig, champions: dict[str, float]) -> str:
-        client = self.registry.client
-        exp = client.get_experiment_by_name(EXPERIMENT)
-        exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
-        run = client.create_run(exp_id, run_name=f"{group} v{v.version}", tags={
-            "serving.model_group": group, "serving.registered_model": v.model, "serving.version": str(v.version)})
-        run_id = run.info.run_id
-        client.log_param(run_id, "strategy", policy.strategy.kind)
-        client.log_param(run_id, "steps", ",".join(f"{s:g}" for s in self._steps(policy)))
-        client.log_param(run_id, "champions", ",".join(champions) or "-")
-        return run_id
-
-    def _log_metrics(self, tags: dict[str, str], metrics: dict[str, Any], step: int = 0) -> None:
-        run_id = tags.get("run_id")
-        if not run_id:
-            return
-        ts = int(self.clock() * 1000)
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and value == value:  # skip None/NaN
-                self.registry.client.log_metric(run_id, key, float(value), timestamp=ts, step=step)
-
-    def _end_run(self, tags: dict[str, str], status: str) -> None:
-        if run_id := tags.get("run_id"):
-            self.registry.client.set_terminated(run_id, status)
 
 
 def _sum(a: EngineStats, b: EngineStats) -> EngineStats:

@@ -13,7 +13,8 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from serving.engines.anthropic_messages import JSON_INSTRUCTION, AnthropicEngine, finish_reason
+from serving.engines.anthropic_mapping import JSON_INSTRUCTION, finish_reason
+from serving.engines.anthropic_messages import AnthropicEngine
 from serving.engines.base import (
     TRANSIENT_ERRORS,
     Completed,

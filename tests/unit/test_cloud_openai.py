@@ -22,7 +22,8 @@ from serving.engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
-from serving.engines.openai_compat import OpenAICompatEngine, retry_after_seconds
+from serving.engines.cloud_http import retry_after_seconds
+from serving.engines.openai_compat import OpenAICompatEngine
 from tests.fake_clouds import DEFAULT_REPLY, FakeOpenAI, drain, free_port, parse_sse
 
 API_KEY = "sk-test-0123456789abcdef-SECRET"
