@@ -30,7 +30,7 @@ test: install-dev        ## unit, Kubernetes (chart + real API server) and integ
 	$(PY) -m pytest -q -ra tests
 
 unit: install-dev
-	$(PY) -m pytest -q -m "not integration" tests/unit
+	$(PY) -m pytest -q -m "not integration" tests/unit tests/benchmarks
 
 integration: install-dev
 	$(PY) -m pytest -q -ra tests/integration

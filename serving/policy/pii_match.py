@@ -163,7 +163,8 @@ class PhonePrefilter:
     pattern of a region with its country code. Unless a ``+`` or an international prefix is written, that is the
     default region's country code, and the digits appear as they are, after the national prefix, or after the
     country code. Those three readings are checked against the metadata for every run of whole digit groups; what
-    cannot be ruled out goes to the matcher (tests/unit/test_pii.py compares both on every region's example numbers).
+    cannot be ruled out goes to the matcher (tests/unit/policy/test_pii.py compares both on every region's example
+    numbers).
     """
 
     def __init__(self, region: str) -> None:

@@ -57,7 +57,7 @@ from tests.integration.support import (
     TINY_GROUP,
     Stack,
 )
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 logger = logging.getLogger("serving.itest")
 
@@ -147,7 +147,7 @@ def _tail(path: Path, lines: int = 60) -> str:
 
 
 def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
-    """Providers, tiers and routes of the session: SmolLM2 first, a fake cloud (tests/fake_clouds.py) next."""
+    """Providers, tiers and routes of the session: SmolLM2 first, a fake cloud (tests/support/fake_clouds.py) next."""
     fast = {"attempts": 2, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "jitter_s": 0.05}
     return {
         "providers": {
@@ -279,7 +279,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     proc: subprocess.Popen[str] | None = None
     cloud = subprocess.Popen(
-        [PYTHON, "-m", "tests.fake_clouds", "openai", "--port", str(cloud_port), "--api-key", CLOUD_KEY,
+        [PYTHON, "-m", "tests.support.fake_clouds", "openai", "--port", str(cloud_port), "--api-key", CLOUD_KEY,
          "--reply", CLOUD_REPLY],
         cwd=ROOT, env=env, stdout=(tmp / "fake-cloud.log").open("w"), stderr=subprocess.STDOUT,
     )

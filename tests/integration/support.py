@@ -24,7 +24,7 @@ SMOL_GROUP, SMOL_ENGINE = "smollm2-135m-instruct", "smollm2"
 MAX_MODEL_LEN = 2048
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 HELLO = [{"role": "user", "content": "Hello!"}]
-# Routing: SmolLM2 first, then a fake OpenAI-compatible cloud (tests/fake_clouds.py, run by conftest).
+# Routing: SmolLM2 first, then a fake OpenAI-compatible cloud (tests/support/fake_clouds.py, run by conftest).
 SMOL_TIER, CLOUD_TIER, DEAD_TIER = "smol", "fake-cloud", "dead-cloud"
 CLOUD_PROVIDER, CLOUD_MODEL = "fake-openai", "fake-strong"
 CLOUD_KEY_ENV, CLOUD_KEY = "ITEST_CLOUD_KEY", "itest-secret-key"

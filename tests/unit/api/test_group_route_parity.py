@@ -19,7 +19,7 @@ from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig, ProviderConfig, RouteConfig, TierConfig
 from serving.routing.groups import GroupRouter
 from serving.routing.resilience import TierDown
-from tests.fakes import FakeEngine, context_length_error
+from tests.support.fakes import FakeEngine, context_length_error
 
 GROUP, ROUTE = "smollm2", "auto"
 MESSAGES = [{"role": "user", "content": "Say hi."}]

@@ -20,8 +20,8 @@ from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig, ProviderConfig, RouteConfig, TierConfig, TracingConfig
 from serving.observability.tracing import provider_from_config
 from serving.routing.groups import GroupRouter
-from tests.fake_clouds import FakeOpenAI
-from tests.fakes import FakeEngine
+from tests.support.fake_clouds import FakeOpenAI
+from tests.support.fakes import FakeEngine
 
 MESSAGES = [{"role": "user", "content": "Reply in JSON."}]
 STAGES = {"authenticate", "parse", "resolve", "admit", "cache", "dispatch"}

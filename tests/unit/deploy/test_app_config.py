@@ -8,9 +8,9 @@ from serving.api.ingress import groups_from_user_config
 from serving.config import load_config, parse_config
 from serving.deploy.serve_config import gateway_user_config
 from serving.routing.groups import GroupRouter
-from tests.fakes import FakeEngine
+from tests.support.fakes import FakeEngine
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _config(weights: dict[str, float]) -> dict:

@@ -2,7 +2,7 @@
 quotas, budgets (also mid-stream), kill switches, runaway protection, Redis failures, the response cache, PII on
 the way to a cloud tier, injection heuristics and the audit log.
 
-Two `build_api` apps over one Redis stand for two gateway replicas; engines are fakes (tests/fakes.py).
+Two `build_api` apps over one Redis stand for two gateway replicas; engines are fakes (tests/support/fakes.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from serving.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, PlatformC
 from serving.policy.keys import KEY_PREFIX
 from serving.policy.layer import PolicySetupError
 from serving.routing.groups import GroupRouter
-from tests.fakes import FakeEngine, metric, scrape
-from tests.redis_server import RedisServer
+from tests.support.fakes import FakeEngine, metric, scrape
+from tests.support.redis_server import RedisServer
 
 ADMIN = "admin-secret-for-tests-0123456789"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -648,15 +648,6 @@ def test_audit_lines_reach_the_file_within_a_second_without_close(tmp_path):
         log.close()
     log.close()  # idempotent
     log.write({"late": True})  # after close: dropped, no error
-
-
-def test_policy_benchmark_configs_are_valid():
-    from benchmarks.policy import BenchEnv, gateway_config, policies_config
-
-    env = BenchEnv("http://127.0.0.1:9/v1", "redis://127.0.0.1:9/0")
-    off, on = parse_config(gateway_config(env)), parse_config(policies_config(env))
-    assert not off.policies.auth.enabled and off.policies.injection == "off" and not off.policies.audit.enabled
-    assert on.policies.auth.enabled and on.policies.limits.any and on.routes["bench"].pii.action == "redact"
 
 
 async def test_no_store_no_redis_health_series():

@@ -1,6 +1,7 @@
 """Imports run one way: no cycles through the CLI package, the deploy package, the rollout runner or the model
-sources (lazy imports in functions count too), the deploy and rollout code never reach the gateway, and every
-module imports fresh in either order."""
+sources (lazy imports in functions count too), the deploy and rollout code never reach the gateway, every
+module imports fresh in either order, and unit tests never import benchmarks/ (its helpers' tests are in
+tests/benchmarks); no module in serving/ is over 400 lines."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHECKED = ("serving.cli", "serving.deploy", "serving.rollout", "serving.app", "models.catalog", "models.loader",
            "models.source")
 
@@ -96,6 +97,36 @@ def test_deploy_and_rollout_do_not_reach_the_gateway() -> None:
         if module.startswith(("serving.deploy", "serving.rollout")):
             reached = _reachable(graph, module)
             assert not any(m == "serving.app" or m.startswith("serving.api") for m in reached), (module, reached)
+
+
+def test_unit_tests_do_not_import_the_benchmarks() -> None:
+    """tests/unit tests serving/ and models/; tests of the benchmark scripts' own helpers live in tests/benchmarks."""
+    files = sorted((ROOT / "tests" / "unit").rglob("*.py"))
+    assert Path(__file__).resolve() in files
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                base = node.module or ""
+                names = [base, *(f"{base}.{a.name}" for a in node.names)]  # `from tests import benchmarks` too
+            else:
+                continue
+            hits = [n for n in names if n.split(".")[0] == "benchmarks" or n.startswith("tests.benchmarks")]
+            if hits:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {hits[0]}")
+    assert not found, "unit tests importing benchmarks: " + "; ".join(found)
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_serving_module_is_over_400_lines() -> None:
+    """Small modules with names that say what they are: a module past the limit is split, not grown."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "serving").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 @pytest.mark.parametrize("order", [

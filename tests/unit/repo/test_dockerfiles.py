@@ -20,7 +20,7 @@ import pytest
 import tomllib
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CPU, GPU = ROOT / "Dockerfile.cpu", ROOT / "Dockerfile.gpu"
 CHART = ROOT / "helm" / "serving"
 CUDA_LEFTOVERS = {"torchvision", "torchaudio", "torchcodec", "triton"}

@@ -1,6 +1,6 @@
 """The gateway's OpenAI API, tested through HTTP (httpx + ASGI) and the official `openai` SDK.
 
-Engines are `tests.fakes.FakeEngine`s answering in vLLM's wire format; no Ray cluster, no vLLM engine.
+Engines are `tests.support.fakes.FakeEngine`s answering in vLLM's wire format; no Ray cluster, no vLLM engine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.routing.groups import GroupRouter
-from tests.fakes import DEFAULT_REPLY, FakeEngine, context_length_error, tokenize
+from tests.support.fakes import DEFAULT_REPLY, FakeEngine, context_length_error, tokenize
 
 GROUP = "smollm2-135m-instruct"
 ENGINE = "smollm2-135m"

@@ -22,7 +22,7 @@ from serving.config import (
 )
 from serving.deploy.serve_config import gateway_user_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOCAL = ROOT / "configs" / "local.yaml"
 GROUP = "smollm2-135m-instruct"
 

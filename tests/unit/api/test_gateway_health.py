@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.fakes import FakeEngine
-from tests.unit.test_gateway_api import GROUP, group, make_gateway  # noqa: F401  (fixture)
+from tests.support.fakes import FakeEngine
+from tests.unit.api.test_gateway_api import GROUP, group, make_gateway  # noqa: F401  (fixture)
 
 
 async def _wait_until(predicate, timeout: float = 3.0) -> None:

@@ -24,7 +24,7 @@ from serving.engines.ray_llm import (
     resolve_model_path,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LLAMA_8B_REPO = "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

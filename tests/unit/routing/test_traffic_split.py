@@ -10,8 +10,8 @@ import pytest
 
 from serving.config import ModelGroupConfig, parse_config
 from serving.routing.groups import GroupRouter, sticky_point
-from tests.fakes import FakeEngine
-from tests.unit.test_gateway_api import GROUP, make_gateway  # noqa: F401 - fixture
+from tests.support.fakes import FakeEngine
+from tests.unit.api.test_gateway_api import GROUP, make_gateway  # noqa: F401 - fixture
 
 
 def split(v1: float, v2: float, **extra: Any) -> ModelGroupConfig:

@@ -2,7 +2,7 @@
 
 Tiers: `small` and `big` are local model groups (FakeEngines), `cloud` a provider tier whose engine the
 test's cloud factory supplies (a FakeEngine too; the real SDK adapters are tested against fake HTTP servers
-in test_routing_faults.py).
+in routing/test_faults.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from serving.api.server import build_api
 from serving.config import DEFAULT_CONFIG, GatewayConfig, PlatformConfig, parse_config
 from serving.engines.base import EngineFailed, EngineRateLimited
 from serving.routing.groups import GroupRouter
-from tests.fakes import FakeEngine, tokenize
+from tests.support.fakes import FakeEngine, tokenize
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
 GOOD = '{"answer": 4}'
@@ -353,7 +353,7 @@ async def test_all_tiers_down_answers_503_with_retry_after(env):
 
 
 async def test_engine_rejection_is_returned_as_the_client_error(env):
-    from tests.fakes import context_length_error
+    from tests.support.fakes import context_length_error
 
     e = env({"assistant": {"tiers": ["small"]}})
     e.small.error = context_length_error()

@@ -21,7 +21,7 @@ from serving.rollout.spec import (
     parse_spec,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

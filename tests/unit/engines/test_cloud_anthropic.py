@@ -24,7 +24,7 @@ from serving.engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
-from tests.fake_clouds import DEFAULT_REPLY, FakeAnthropic, drain, free_port, parse_sse
+from tests.support.fake_clouds import DEFAULT_REPLY, FakeAnthropic, drain, free_port, parse_sse
 
 API_KEY = "sk-ant-test-0123456789-SECRET"
 UPSTREAM_MODEL = "claude-upstream"

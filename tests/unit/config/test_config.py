@@ -13,7 +13,7 @@ import yaml
 from serving.cli import main
 from serving.config import ConfigError, PlatformConfig, load_config, parse_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOCAL = ROOT / "configs" / "local.yaml"
 GPU = ROOT / "configs" / "gpu-llama-8b-awq.yaml"
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))

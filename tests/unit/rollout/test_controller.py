@@ -1,5 +1,5 @@
 """The rollout controller's state machine on a real sqlite MLflow registry, with an in-memory Serve config,
-settable metrics and a stand-in evaluator (the real path runs in tests/integration/test_09_rollouts.py)."""
+settable metrics and a stand-in evaluator (the real path runs in tests/integration/test_zz_rollouts.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from serving.rollout.controller import RolloutController
 from serving.rollout.evaluate import EvalResult
 from serving.rollout.registry import Registry
 from serving.rollout.spec import CHALLENGER, CHAMPION, parse_spec
-from tests.rollout_fakes import FakeApplier, FakeMetrics
+from tests.support.rollout_fakes import FakeApplier, FakeMetrics
 
 GROUP = "chat"
 

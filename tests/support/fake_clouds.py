@@ -38,7 +38,7 @@ space-separated tokens:
 `x-api-key`). Every request is recorded (`srv.requests`, `srv.last`: method, path, headers (lower-cased), json,
 query); `srv.reset()` forgets requests and the queue. Helpers for tests: `parse_sse`, `drain`, `free_port`.
 For another process, run
-`python -m tests.fake_clouds openai --port 8901 [--reply TEXT] [--default SPEC] [--api-key KEY]`; it is then
+`python -m tests.support.fake_clouds openai --port 8901 [--reply TEXT] [--default SPEC] [--api-key KEY]`; it is then
 scripted over HTTP: `POST /_fake/script {"script": [...], "default": "...", "reply": "..."}`,
 `GET /_fake/requests`, `POST /_fake/reset`.
 """
@@ -955,7 +955,7 @@ def free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.fake_clouds", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.fake_clouds", description=__doc__.split("\n\n")[0])
     parser.add_argument("provider", choices=["openai", "anthropic"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: an ephemeral port (printed)")

@@ -24,7 +24,7 @@ from serving.engines.base import (
 )
 from serving.engines.cloud_http import retry_after_seconds
 from serving.engines.openai_compat import OpenAICompatEngine
-from tests.fake_clouds import DEFAULT_REPLY, FakeOpenAI, drain, free_port, parse_sse
+from tests.support.fake_clouds import DEFAULT_REPLY, FakeOpenAI, drain, free_port, parse_sse
 
 API_KEY = "sk-test-0123456789abcdef-SECRET"
 UPSTREAM_MODEL = "gpt-upstream"

@@ -1,5 +1,5 @@
 """Fault injection: routes over the real cloud adapters (official openai / anthropic SDKs) talking to fake
-OpenAI- and Anthropic-compatible HTTP servers (tests/fake_clouds.py), through the gateway's HTTP API.
+OpenAI- and Anthropic-compatible HTTP servers (tests/support/fake_clouds.py), through the gateway's HTTP API.
 
 The tiers are built by the gateway's own factory from provider config and API keys in the environment, as in
 production; only the far end is fake.
@@ -18,8 +18,8 @@ import yaml
 from serving.api.server import build_api
 from serving.config import DEFAULT_CONFIG, GatewayConfig, parse_config
 from serving.routing.groups import GroupRouter
-from tests.fake_clouds import FakeAnthropic, FakeOpenAI
-from tests.fakes import FakeEngine
+from tests.support.fake_clouds import FakeAnthropic, FakeOpenAI
+from tests.support.fakes import FakeEngine
 
 OPENAI_KEY, ANTHROPIC_KEY = "sk-fault-openai-1234", "sk-ant-fault-5678"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

@@ -11,7 +11,7 @@ from serving.app import engine_builder
 from serving.config import ConfigError, load_config, parse_config
 from serving.deploy.serve_config import ENGINE_IMPORT_PATH, GATEWAY_IMPORT_PATH, gateway_user_config, serve_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _cfg(**engines: dict) -> dict:
