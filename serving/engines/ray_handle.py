@@ -44,12 +44,12 @@ class RayLLMEngine:
         responses: Any = method.remote(request)  # a DeploymentResponseGenerator (stream=True)
         finished = False
         try:
-            async for item in responses:
+            async for item in responses:  # SSE strings are already Chunks: no conversion on the per-chunk path
                 if type(item) is list:
                     for sub in item:
-                        yield to_item(sub)
+                        yield sub if type(sub) is str else to_item(sub)  # type: ignore[misc]  # str is a Chunk
                 else:
-                    yield to_item(item)
+                    yield item if type(item) is str else to_item(item)  # type: ignore[misc]  # str is a Chunk
             finished = True
         except _UNAVAILABLE as exc:
             raise EngineUnavailable(f"engine {self.name} is unavailable: {type(exc).__name__}") from exc
