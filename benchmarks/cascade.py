@@ -155,15 +155,15 @@ tiers:
   weak:
     model_group: {GROUP}
     price: {{gpu_hour: {{usd_per_hour: {args.weak_usd_per_hour}, output_tokens_per_s: {args.weak_tokens_per_s}}}}}
-    timeout_s: 60
+    ttft_timeout_s: 60
   tiny:
     model_group: {TINY_GROUP}
-    timeout_s: 60
+    ttft_timeout_s: 60
   strong:
     provider: strong-provider
     model: {json.dumps(args.strong_model)}
     price: {{input_per_1m: {args.strong_price_in}, output_per_1m: {args.strong_price_out}}}
-    timeout_s: 60
+    ttft_timeout_s: 60
 routes:
   cascade:
     tiers: [weak, strong]

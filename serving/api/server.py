@@ -46,7 +46,8 @@ class Gateway:
         self.created = int(time.time())
         self.health = EngineHealth(router, settings.health_interval_s, settings.health_timeout_s)
         self.tiers = TierSet(router, self.health, cloud_factory or default_cloud_factory,
-                             group_timeout_s=settings.request_timeout_s)
+                             group_ttft_s=settings.ttft_timeout_s,
+                             group_stall_s=settings.stall_timeout_s)
         self.routes = RouteTable(router, group_deadline_s=settings.request_timeout_s)
         self.policy = PolicyLayer(metrics, settings.tenant_header)
         self.tracer_provider = tracer_provider or provider_from_config(settings.tracing)

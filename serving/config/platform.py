@@ -42,7 +42,15 @@ class GatewayConfig(StrictModel):
     replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.0, ge=0.0, description="Ray CPUs reserved per gateway replica (0 on small boxes).")
     max_ongoing_requests: int = Field(1024, ge=1)
-    request_timeout_s: float = Field(600.0, gt=0, description="Deadline for one engine call.")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of a model-group request (its one engine call), 504 past it.",
+    )
+    ttft_timeout_s: float = Field(
+        120.0, gt=0, description="Model groups: time to the first token, the engine's queue included (504 past it).",
+    )
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="Model groups: longest gap between two tokens before the call is given up (504).",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Requests larger than this get a 413.")
     health_interval_s: float = Field(
         2.0, ge=0, description="Engine health probe period; 2 failed probes in a row -> 503 at once (0: off)."

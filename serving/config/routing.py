@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from serving.config.base import StrictModel
 from serving.config.policies import PIIPolicy
@@ -113,7 +113,13 @@ class TierConfig(StrictModel):
     provider: str | None = Field(None, description="A cloud provider from `providers`.")
     model: str | None = Field(None, description="The provider's model name (with `provider`).")
     price: PriceConfig = Field(default_factory=PriceConfig)
-    timeout_s: float = Field(60.0, gt=0, description="Deadline of one call to this tier (first byte for streams).")
+    ttft_timeout_s: float = Field(
+        60.0, gt=0, validation_alias=AliasChoices("ttft_timeout_s", "timeout_s"),
+        description="Time to the first token of one call, the engine's queue included (`timeout_s`: the old name).",
+    )
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="Longest gap between two tokens of an answer; a longer one is a fault (call aborted).",
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     max_tokens: int | None = Field(
@@ -278,7 +284,10 @@ class RouteConfig(StrictModel):
         "best_effort",
         description="When every tier failed its gates: best_effort returns the best answer flagged; error a 422.",
     )
-    deadline_s: float = Field(120.0, gt=0, description="Deadline of the whole request, across tiers and retries.")
+    deadline_s: float | None = Field(
+        None, gt=0, description="Deadline of the whole request, across tiers and retries (504 past it); default "
+        "none: only the tiers' progress timeouts (time to first token, gap between tokens) end a call.",
+    )
     allow_overrides: bool = Field(True, description="Accept per-request `serving` overrides of gates and policy.")
     pii: PIIPolicy = Field(default_factory=PIIPolicy, description="Personal data in prompts bound for cloud tiers.")
     description: str = ""

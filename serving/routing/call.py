@@ -1,8 +1,9 @@
 """One call to a tier: pick its engine, send the request, wait for the first item; retries and the breaker.
 
-The wait for the first item (the whole answer of a non-streamed request, the first chunk of a stream) is bounded
-by the tier's `timeout_s` and the request's deadline. Transport faults are retried with backoff (`tenacity`) and
-counted by the tier's circuit breaker; a refusal (`EngineRejected`) is neither.
+The wait for the first item (the first chunk: the gateway streams from engines, also for non-streamed requests)
+is bounded by the tier's `ttft_timeout_s` and the request's deadline; `complete` reads the rest within the tier's
+`stall_timeout_s` between tokens (`serving.routing.progress`). Transport faults are retried with backoff
+(`tenacity`) and counted by the tier's circuit breaker; a refusal (`EngineRejected`) is neither.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from serving.engines.base import (
     TRANSIENT_ERRORS,
+    Completed,
     Engine,
     EngineFailed,
     EngineItem,
@@ -26,6 +28,7 @@ from serving.engines.base import (
 )
 from serving.observability.metrics import GatewayMetrics
 from serving.routing.outcomes import Attempt
+from serving.routing.progress import GenerationStalled, collect
 from serving.routing.resilience import BreakerOpen, TierDown, call_with_retries
 from serving.routing.tiers import Tier, TierSet
 
@@ -96,12 +99,28 @@ class TierCaller:
             raise rejection(first)
         return engine, gen, first
 
+    async def complete(self, tier: Tier, gen: AsyncGenerator[EngineItem, None], first: EngineItem, endpoint: str,
+                       deadline: float) -> Completed:
+        """The whole answer of a started call (read on, within the tier's stall timeout and the deadline); a
+        stall or a broken stream counts on the tier's breaker."""
+        try:
+            done = await collect(gen, first, endpoint, tier.config.stall_timeout_s,
+                                 deadline if deadline != float("inf") else None)
+        except (GenerationStalled, EngineFailed) as exc:
+            if tier.breaker is not None:
+                tier.breaker.record_fault(exc)
+            raise
+        if tier.breaker is not None:
+            tier.breaker.record_success()
+        return done
+
     async def call(self, tier: Tier, endpoint: str, request: Any, deadline: float, attempt: Attempt,
-                   pin: str | None = None) -> Started:
-        """A tier call with its breaker and retries; counts tries and names the engine tried on `attempt`."""
+                   pin: str | None = None, *, whole: bool = False) -> Started:
+        """A tier call with its breaker and retries; counts tries and names the engine tried on `attempt`.
+        `whole`: the caller reads the whole answer with `complete`, which gives the breaker its verdict."""
 
         async def one_try() -> Started:
-            timeout = min(tier.config.timeout_s, deadline - time.monotonic())
+            timeout = min(tier.config.ttft_timeout_s, deadline - time.monotonic())
             if timeout <= 0:
                 raise DeadlineReached()
             engine = self.tiers.engine_for(tier, pin)  # TierDown: skip the tier, no retry, no breaker verdict
@@ -109,7 +128,8 @@ class TierCaller:
             attempt.model = self.tiers.model_name(tier, engine)
             if tier.breaker is None:
                 return await self.first_item(tier, engine, endpoint, request, timeout)
-            return await tier.breaker.call(lambda: self.first_item(tier, engine, endpoint, request, timeout))
+            return await tier.breaker.call(lambda: self.first_item(tier, engine, endpoint, request, timeout),
+                                           settle=not whole)
 
         def on_retry(exc: BaseException, sleep: float) -> None:
             reason = "rate_limited" if isinstance(exc, EngineRateLimited) else outcome_of(exc)

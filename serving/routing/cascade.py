@@ -13,8 +13,11 @@ A model group is a one-tier route (`RouteTable.group_route`), served by the same
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import Any
+from typing import Any, get_args
+
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from serving.config import RouteConfig, RouteTier
 from serving.engines.base import Completed, EngineItem
@@ -23,6 +26,7 @@ from serving.observability.tracing import Tracing
 from serving.routing.call import DeadlineReached, TierCaller, outcome_of
 from serving.routing.gates import Answer, Gate, GateContext, GateResult, run_gates
 from serving.routing.outcomes import Attempt, CascadeError, Outcome, StreamStart, failure
+from serving.routing.progress import DeadlinePassed
 from serving.routing.resilience import BREAKER_STATES
 from serving.routing.routes import Route
 from serving.routing.tiers import Tier, TierSet
@@ -39,6 +43,20 @@ SAME = object()
 
 Best = tuple[int, Answer, str, str]
 """(failed gates, answer, tier, model) of the best answer that failed its gates."""
+
+
+STREAM_OPTIONS: Any = next(a for a in get_args(ChatCompletionRequest.model_fields["stream_options"].annotation)
+                          if a is not type(None))
+"""vLLM's `StreamOptions` model (the type of a request's `stream_options`)."""
+
+
+def streams_internally(endpoint: str, request: Any) -> bool:
+    """Whether a request served to completion is streamed from the engine: all but completions with `echo` or
+    `best_of` > 1 and requests for prompt logprobs, which vLLM answers only non-streamed."""
+    if getattr(request, "prompt_logprobs", None) is not None:
+        return False
+    non_streaming = bool(getattr(request, "echo", False)) or (getattr(request, "best_of", None) or 1) > 1
+    return endpoint != "completions" or not non_streaming
 
 
 def answer_of(item: EngineItem, endpoint: str) -> Answer:
@@ -69,8 +87,12 @@ class Cascade:
     # -------------------------------------------------------------------------------------------- helpers
 
     def _prepare(self, tier: Tier, endpoint: str, request: Any, gates: list[Gate]) -> Any:
+        """What the tier is sent for a request served to completion: streamed from the engine (so the progress
+        timeouts apply) with usage, or, for the few fields that only work non-streamed, as is and not streamed."""
         update: dict[str, Any] = {}
-        if getattr(request, "stream", False):
+        if streams_internally(endpoint, request):
+            update.update(stream=True, stream_options=STREAM_OPTIONS(include_usage=True))
+        elif getattr(request, "stream", False):
             update.update(stream=False, stream_options=None)
         if tier.logprobs and any(g.name == "confidence" for g in gates) and not request.logprobs:
             update["logprobs"] = True if endpoint == "chat" else 0
@@ -125,7 +147,7 @@ class Cascade:
         `cloud_request`: what cloud tiers get instead of `request` (its PII redacted), or None to skip them;
         `pin`: the engine of a model group's route to use."""
         outcome = Outcome(route.name, tenant, route.kind)
-        deadline = time.monotonic() + cfg.deadline_s
+        deadline = time.monotonic() + (cfg.deadline_s or math.inf)
         best: Best | None = None
         steps = cfg.tiers
         for i, step in enumerate(steps):
@@ -147,8 +169,10 @@ class Cascade:
                 with self.tracing.attempt(tier.name, kind, tier.provider, attempt):
                     start = time.monotonic()
                     try:
-                        engine, _, first = await self.caller.call(tier, endpoint, req, deadline, attempt, pin)
-                    except DeadlineReached:
+                        engine, gen, first = await self.caller.call(tier, endpoint, req, deadline, attempt, pin,
+                                                                    whole=True)
+                        first = await self.caller.complete(tier, gen, first, endpoint, deadline)
+                    except (DeadlineReached, DeadlinePassed):
                         self._deadline(outcome, attempt)
                         return self._exhausted(outcome, cfg, best, deadline_hit=True)
                     except Exception as exc:
@@ -226,7 +250,7 @@ class Cascade:
                           tenant: str, *, cloud_request: Any = SAME, pin: str | None = None) -> StreamStart:
         """Start an ungated stream on the first tier that answers; fall back only before the first chunk."""
         outcome = Outcome(route.name, tenant, route.kind, streaming=True)
-        deadline = time.monotonic() + cfg.deadline_s
+        deadline = time.monotonic() + (cfg.deadline_s or math.inf)
         for i, step in enumerate(cfg.tiers):
             tier = self.tier(route, step)
             to = cfg.tiers[i + 1].tier if i + 1 < len(cfg.tiers) else "none"

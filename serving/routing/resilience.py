@@ -56,8 +56,17 @@ class TierBreaker:
     def open_remaining_s(self) -> float:
         return max(0.0, float(self._cb.open_remaining)) if self._cb.state == STATE_OPEN else 0.0
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn` through the breaker (raises `BreakerOpen` while open)."""
+    def record_fault(self, exc: BaseException) -> None:
+        """Count a fault seen after the call itself returned (a generation that stalled midway)."""
+        self._cb.__exit__(type(exc), exc, None)
+
+    def record_success(self) -> None:
+        """Count a call whose whole answer came (for calls run with `settle=False`)."""
+        self._cb.__exit__(None, None, None)
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, settle: bool = True) -> T:
+        """Run `fn` through the breaker (raises `BreakerOpen` while open). `settle=False`: a successful `fn` is
+        not counted yet; the caller calls `record_success` or `record_fault` once the answer is complete."""
         if not self.allows():
             raise BreakerOpen(f"tier {self.name}: circuit open for {self.open_remaining_s:.1f} s more")
         try:
@@ -68,7 +77,8 @@ class TierBreaker:
         except EngineRejected:  # the tier answered (it refused this request): it is alive
             self._cb.__exit__(None, None, None)
             raise
-        self._cb.__exit__(None, None, None)
+        if settle:
+            self._cb.__exit__(None, None, None)
         return result
 
 

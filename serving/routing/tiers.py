@@ -24,7 +24,7 @@ def default_cloud_factory(name: str, provider: ProviderConfig, tier: TierConfig)
     key = os.environ.get(provider.key_env)
     if not key:
         raise TierDown(f"tier {name}: the API key variable {provider.key_env} is not set")
-    kwargs = {"api_key": key, "base_url": provider.base_url, "timeout_s": tier.timeout_s,
+    kwargs = {"api_key": key, "base_url": provider.base_url, "timeout_s": tier.ttft_timeout_s,
               "max_connections": provider.max_connections, "default_max_tokens": tier.max_tokens}
     if provider.kind == "anthropic":
         from serving.engines.anthropic_messages import AnthropicEngine
@@ -42,8 +42,8 @@ class Tier:
     """A configured tier: where its engine comes from, what it costs and whether its circuit is open.
 
     A model group named directly by a client is served as a one-tier chain through its own tier (`group=True`):
-    one try per request within the gateway's `request_timeout_s`, no breaker (the health probes take dead engines
-    out of traffic), no price."""
+    one try per request within the gateway's `ttft_timeout_s` / `stall_timeout_s`, no breaker (the health probes
+    take dead engines out of traffic), no price."""
 
     name: str
     config: TierConfig
@@ -78,11 +78,11 @@ class TierSet:
     engines known to be down), cloud tiers use one SDK-backed engine each."""
 
     def __init__(self, router: GroupRouter, health: EngineHealth, cloud_factory: CloudFactory = default_cloud_factory,
-                 group_timeout_s: float = 600.0):
+                 group_ttft_s: float = 120.0, group_stall_s: float = 30.0):
         self.router = router
         self.health = health
         self.cloud_factory = cloud_factory
-        self.group_timeout_s = group_timeout_s
+        self.group_ttft_s, self.group_stall_s = group_ttft_s, group_stall_s
         self.tiers: dict[str, Tier] = {}
         self._group_tiers: dict[str, Tier] = {}
 
@@ -90,7 +90,8 @@ class TierSet:
         """The tier that serves requests naming the model group `group` directly."""
         tier = self._group_tiers.get(group)
         if tier is None:
-            cfg = TierConfig(model_group=group, timeout_s=self.group_timeout_s, retry=RetryConfig(attempts=1))
+            cfg = TierConfig(model_group=group, ttft_timeout_s=self.group_ttft_s, stall_timeout_s=self.group_stall_s,
+                             retry=RetryConfig(attempts=1))
             tier = self._group_tiers[group] = Tier(group, cfg, None, "local", group=True)
         return tier
 

@@ -88,6 +88,7 @@ class FakeEngine:
     first_token_delay_s: float = 0.0
     unavailable: bool = False
     fail_after: int | None = None
+    stall_after: int | None = None  # streamed: hang (no more chunks) after this many
     fail_with: type[BaseException] = EngineFailed
     error: Any = None
     hang: bool = False
@@ -160,6 +161,8 @@ class FakeEngine:
                 for i, chunk in enumerate(chunks):
                     if self.fail_after is not None and i >= self.fail_after:
                         raise self.fail_with(f"engine {self.name} failed: EngineDeadError")
+                    if self.stall_after is not None and i >= self.stall_after:
+                        await asyncio.Event().wait()
                     if i and self.token_delay_s:
                         await asyncio.sleep(self.token_delay_s)
                     yield to_item(chunk)
@@ -198,12 +201,19 @@ class FakeEngine:
 
         out = [chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                        "finish_reason": None}]) for i in range(n)]
+        def lp(j: int, token: str) -> dict[str, Any] | None:  # vLLM streams each token's logprob with it
+            if not request.logprobs:
+                return None
+            return {"content": [{"token": token, "logprob": self.logprob(j, token), "bytes": None,
+                                 "top_logprobs": []}]}
+
         for i in range(n):
             body = tokens if finish == "stop" else tokens[:-1]
-            out += [chunk([{"index": i, "delta": {"content": t}, "logprobs": None, "finish_reason": None}])
-                    for t in body]
+            out += [chunk([{"index": i, "delta": {"content": t}, "logprobs": lp(j, t), "finish_reason": None}])
+                    for j, t in enumerate(body)]
             last = "" if finish == "stop" else tokens[-1]
-            out.append(chunk([{"index": i, "delta": {"content": last}, "logprobs": None,
+            out.append(chunk([{"index": i, "delta": {"content": last},
+                               "logprobs": lp(len(tokens) - 1, last) if last else None,
                                "finish_reason": finish, "stop_reason": None}]))
         if self._include_usage(request):
             usage = ChatCompletionStreamResponse(
@@ -219,17 +229,21 @@ class FakeEngine:
         tokens, finish = self.tokens_for(request)
         n = request.n or 1
 
-        def chunk(index: int, text: str, finish_reason: str | None) -> str:
+        def chunk(index: int, j: int, text: str, finish_reason: str | None) -> str:
+            logprobs = None
+            if request.logprobs is not None:
+                logprobs = {"tokens": [text], "token_logprobs": [self.logprob(j, text)], "text_offset": [0],
+                            "top_logprobs": [{}]}
             return sse(CompletionStreamResponse(
                 id=rid, object="text_completion", created=created, model=model,
-                choices=[{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
+                choices=[{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
                           "stop_reason": None}],
             ).model_dump_json(exclude_unset=True))
 
         out = []
         for i in range(n):
-            out += [chunk(i, t, None) for t in tokens[:-1]]
-            out.append(chunk(i, tokens[-1], finish))
+            out += [chunk(i, j, t, None) for j, t in enumerate(tokens[:-1])]
+            out.append(chunk(i, len(tokens) - 1, tokens[-1], finish))
         if self._include_usage(request):
             usage = CompletionStreamResponse(
                 id=rid, created=created, model=model, choices=[], usage=self._usage(n * len(tokens)),

@@ -251,7 +251,8 @@ async def test_sampling_parameters_reach_the_engine(gw: Gateway, engine: FakeEng
     assert req.response_format.type == "json_object"
     assert req.presence_penalty == 0.5
     assert req.frequency_penalty == 0.25
-    assert req.stream is False
+    # A non-streamed request is streamed from the engine (progress timeouts) and answered as one JSON body.
+    assert req.stream is True and req.stream_options.include_usage
     assert [m["content"] for m in req.messages] == [MESSAGES[0]["content"]]
 
 

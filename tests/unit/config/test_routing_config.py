@@ -111,7 +111,7 @@ def test_valid_routed_config():
     assert cfg.providers["anthropic"].max_connections == 20
 
     small, mini, claude = cfg.tiers["small"], cfg.tiers["mini"], cfg.tiers["claude"]
-    assert small.is_local and small.model_group == GROUP and small.timeout_s == 10
+    assert small.is_local and small.model_group == GROUP and small.ttft_timeout_s == 10
     assert not mini.is_local and (mini.provider, mini.model) == ("openai", "gpt-4o-mini")
     assert mini.retry.attempts == 2 and mini.breaker.failure_threshold == 3
     assert claude.max_tokens == 1024
