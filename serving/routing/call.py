@@ -104,8 +104,7 @@ class TierCaller:
         """The whole answer of a started call (read on, within the tier's stall timeout and the deadline); a
         stall or a broken stream counts on the tier's breaker."""
         try:
-            done = await collect(gen, first, endpoint, tier.config.stall_timeout_s,
-                                 deadline if deadline != float("inf") else None)
+            done = await collect(gen, first, endpoint, tier.config.stall_timeout_s, deadline)
         except (GenerationStalled, EngineFailed) as exc:
             if tier.breaker is not None:
                 tier.breaker.record_fault(exc)

@@ -35,7 +35,7 @@ class StallGuard:
     __slots__ = ("_handle", "_loop", "_task", "deadline", "last", "reason", "stall_s")
 
     def __init__(self, stall_s: float, deadline: float | None = None):
-        """`deadline`: a `time.monotonic()` value, or None."""
+        """`deadline`: a `time.monotonic()` value (inf or None: none)."""
         self.stall_s = stall_s
         self.reason: str | None = None
         self._loop = asyncio.get_running_loop()
