@@ -172,7 +172,9 @@ class Dispatcher:
         ctx.deferred = True
         meter = self.policy.meter(ctx, st.tier.cost(0, 1))
         relay = StreamRelay(st.gen, outcome.model or "", on_finish, meter=meter,
-                            usage_chunk=add_extension if outcome.kind == "route" else None)
+                            usage_chunk=add_extension if outcome.kind == "route" else None,
+                            stall_s=st.tier.config.stall_timeout_s, deadline=st.deadline,
+                            breaker=st.tier.breaker)
         assert isinstance(st.first, str)  # a stream's first item is a chunk (refusals were raised by the call)
         return RelayResponse(relay, relay.relay(st.first, parsed.client_usage), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **outcome.headers(with_cost=False), **ctx.headers})

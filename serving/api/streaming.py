@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
@@ -15,6 +16,8 @@ from starlette.types import Receive, Scope, Send
 from serving.api.errors import APIError
 from serving.engines.base import EngineFailed, EngineItem, EngineTimeout, EngineUnavailable
 from serving.policy.layer import StreamMeter
+from serving.routing.progress import DeadlinePassed, StallGuard
+from serving.routing.resilience import TierBreaker
 
 logger = logging.getLogger("serving.gateway")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -41,14 +44,21 @@ def is_usage_chunk(chunk: str) -> bool:
 class StreamRelay:
     """One streamed answer: passes the engine's SSE chunks through untouched, takes usage from the final usage
     chunk (sent on only if the client asked for it, optionally rewritten by `usage_chunk`), ends the stream with
-    an OpenAI error event if the engine fails after the first byte, and calls `on_finish` exactly once."""
+    an OpenAI error event if the engine fails after the first byte, and calls `on_finish` exactly once.
+
+    Waiting on the engine is bounded by `stall_s` between chunks and by the request's `deadline` (a
+    `time.monotonic()` value); time spent sending to a slow client does not count. The tier's `breaker` gets its
+    verdict when the stream ends: a success when the engine finished it, a fault when it stalled or broke (the
+    stream then ends with a `timeout` / `engine_error` event); the deadline or the client leaving is neither."""
 
     def __init__(self, gen: AsyncGenerator[EngineItem, None], engine: str, on_finish: FinishHook, *,
                  usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 meter: StreamMeter | None = None):
+                 meter: StreamMeter | None = None, stall_s: float = math.inf, deadline: float | None = None,
+                 breaker: TierBreaker | None = None):
         self.gen, self.engine, self.on_finish = gen, engine, on_finish
         self.usage_chunk = usage_chunk
         self.meter = meter
+        self.stall_s, self.deadline, self.breaker = stall_s, deadline, breaker
         self.t_first: float | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
@@ -58,43 +68,56 @@ class StreamRelay:
         status = 200
         gen = self.gen
         try:
-            chunk = first
-            while True:
-                if is_usage_chunk(chunk):
-                    data = json.loads(chunk[6:])
-                    self.usage = data.get("usage")
-                    if client_usage:
-                        yield sse(self.usage_chunk(data)) if self.usage_chunk is not None else chunk
-                else:
-                    yield chunk
-                    if self.meter is not None and (check := self.meter.tick()) is not None:
-                        refused = await check
-                        if refused is not None:  # a budget or quota ran out mid-stream: stop the engine here
-                            status = refused.status
-                            yield error_event(APIError(refused.status, refused.message, code=refused.code))
-                            yield DONE
-                            break
-                try:
-                    item = await gen.__anext__()
-                except StopAsyncIteration:
-                    break
-                if not isinstance(item, str):  # an engine sends chunks only once its stream has started
-                    raise EngineFailed(f"engine {self.engine} sent a {type(item).__name__} inside a stream")
-                chunk = item
+            async with StallGuard(self.stall_s, self.deadline) as guard:
+                chunk = first
+                while True:
+                    guard.hold()
+                    if is_usage_chunk(chunk):
+                        data = json.loads(chunk[6:])
+                        self.usage = data.get("usage")
+                        if client_usage:
+                            yield sse(self.usage_chunk(data)) if self.usage_chunk is not None else chunk
+                    else:
+                        yield chunk
+                        if self.meter is not None and (check := self.meter.tick()) is not None:
+                            refused = await check
+                            if refused is not None:  # a budget or quota ran out mid-stream: stop the engine here
+                                status = refused.status
+                                yield error_event(APIError(refused.status, refused.message, code=refused.code))
+                                yield DONE
+                                break
+                    guard.wait()
+                    try:
+                        item = await gen.__anext__()
+                    except StopAsyncIteration:
+                        if self.breaker is not None:
+                            self.breaker.record_success()
+                        break
+                    if not isinstance(item, str):  # an engine sends chunks only once its stream has started
+                        raise EngineFailed(f"engine {self.engine} sent a {type(item).__name__} inside a stream")
+                    chunk = item
         except Exception as exc:
             # Bytes already went out: end the stream with an error event in the OpenAI shape.
-            if isinstance(exc, EngineUnavailable):
-                status, message = 503, str(exc)
-            elif isinstance(exc, (EngineFailed, EngineTimeout)):
-                status, message = 502, str(exc)
-            else:
-                logger.exception("engine %s failed while streaming", self.engine)
-                status, message = 502, f"engine {self.engine} failed while streaming"
-            code = "engine_unavailable" if status == 503 else "engine_error"
-            yield error_event(APIError(status, message, code=code))
+            status, event = self._fault(exc)
+            yield error_event(event)
             yield DONE
         finally:
             await self.finish(status)
+
+    def _fault(self, exc: Exception) -> tuple[int, APIError]:
+        """The status and error event of a stream the engine broke (a stall or failure also goes to `on_fault`)."""
+        if isinstance(exc, EngineUnavailable):
+            status, code, message = 503, "engine_unavailable", str(exc)
+        elif isinstance(exc, EngineTimeout):
+            status, code, message = 504, "timeout", f"engine {self.engine}: {exc}"
+        elif isinstance(exc, EngineFailed):
+            status, code, message = 502, "engine_error", str(exc)
+        else:
+            logger.exception("engine %s failed while streaming", self.engine)
+            status, code, message = 502, "engine_error", f"engine {self.engine} failed while streaming"
+        if self.breaker is not None and not isinstance(exc, DeadlinePassed):
+            self.breaker.record_fault(exc)
+        return status, APIError(status, message, code=code)
 
     async def finish(self, status: int) -> None:
         if self.done:

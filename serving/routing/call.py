@@ -116,7 +116,8 @@ class TierCaller:
     async def call(self, tier: Tier, endpoint: str, request: Any, deadline: float, attempt: Attempt,
                    pin: str | None = None, *, whole: bool = False) -> Started:
         """A tier call with its breaker and retries; counts tries and names the engine tried on `attempt`.
-        `whole`: the caller reads the whole answer with `complete`, which gives the breaker its verdict."""
+        `whole`: the caller reads the whole answer (`complete`, or the stream relay), which gives the breaker its
+        verdict once the answer has come or stalled."""
 
         async def one_try() -> Started:
             timeout = min(tier.config.ttft_timeout_s, deadline - time.monotonic())

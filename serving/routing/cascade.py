@@ -263,7 +263,8 @@ class Cascade:
             start = time.monotonic()
             with self.tracing.attempt(tier.name, "answer", tier.provider, attempt):
                 try:
-                    _, gen, first = await self.caller.call(tier, endpoint, base, deadline, attempt, pin)
+                    _, gen, first = await self.caller.call(tier, endpoint, base, deadline, attempt, pin,
+                                                                    whole=True)
                 except DeadlineReached:
                     self._deadline(outcome, attempt)
                     raise failure(outcome, gate_failed=False, deadline_hit=True) from None
@@ -274,7 +275,7 @@ class Cascade:
             attempt.latency_s = time.monotonic() - start
             self._count(outcome, attempt)
             outcome.tier, outcome.model = tier.name, attempt.model
-            return StreamStart(outcome, tier, gen, first, start)
+            return StreamStart(outcome, tier, gen, first, start, deadline)
         raise failure(outcome, gate_failed=False, deadline_hit=False)
 
     def finish_stream(self, start: StreamStart, usage: dict[str, Any] | None) -> None:

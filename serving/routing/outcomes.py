@@ -17,6 +17,7 @@ was called: a route whose cloud tier has no key fails like its local model group
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,6 +143,8 @@ class StreamStart:
     gen: AsyncGenerator[EngineItem, None]
     first: EngineItem
     started: float
+    deadline: float = math.inf
+    """The request's deadline (`time.monotonic()`; inf: none): the relay's bound on the rest of the stream."""
 
 
 def _what(outcome: Outcome) -> str:

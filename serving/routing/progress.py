@@ -30,9 +30,10 @@ class StallGuard:
 
     When `stall_s` pass without progress the block raises `GenerationStalled`, when the deadline passes
     `DeadlinePassed` (the task is cancelled inside the block, so the work being awaited, e.g. the engine call,
-    sees the cancellation and is aborted)."""
+    sees the cancellation and is aborted). A reader that also awaits something else between chunks (a relay sending
+    to the client) brackets its engine waits with `wait()` and `hold()`, so only time spent on the engine counts."""
 
-    __slots__ = ("_handle", "_loop", "_task", "deadline", "last", "reason", "stall_s")
+    __slots__ = ("_handle", "_loop", "_task", "deadline", "last", "reason", "stall_s", "waiting")
 
     def __init__(self, stall_s: float, deadline: float | None = None):
         """`deadline`: a `time.monotonic()` value (inf or None: none)."""
@@ -43,9 +44,19 @@ class StallGuard:
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self.last = self._loop.time()
+        self.waiting = True
 
     def progress(self) -> None:
         self.last = self._loop.time()
+
+    def wait(self) -> None:
+        """About to await the engine (from now on a stall counts)."""
+        self.last = self._loop.time()
+        self.waiting = True
+
+    def hold(self) -> None:
+        """Busy elsewhere (e.g. sending to a slow client): neither a stall nor the deadline cancels the task."""
+        self.waiting = False
 
     def _arm(self) -> None:
         when = self.last + self.stall_s
@@ -55,6 +66,10 @@ class StallGuard:
 
     def _check(self) -> None:
         now = self._loop.time()
+        if not self.waiting:
+            self.last = now
+            self._arm()
+            return
         if self.deadline is not None and now >= self.deadline:
             self.reason = "deadline"
         elif now - self.last >= self.stall_s:
