@@ -1,31 +1,37 @@
 """The request pipeline: every inference endpoint goes through the same stages.
 
-    parse -> authenticate -> resolve -> admit -> cache -> dispatch -> complete
+    parse -> authenticate -> resolve -> admit -> cache -> queue -> dispatch -> complete
 
 `parse` is the endpoint's own (its wire protocol -> one `ParsedRequest`); everything after it is shared, so a
 model group and a route, or two endpoints, never answer the same problem differently. Each request is completed
-exactly once: metrics (`RequestRecord`), settle and audit (`PolicyLayer.complete`), also when it is refused or the
-client leaves.
+exactly once: metrics (`RequestRecord`), settle and audit (`PolicyLayer.complete`, which also gives back its
+admission slot), also when it is refused or the client leaves. `queue` comes after the cache, so cache hits need
+no slot: it takes one of the model group's or route's admission slots, waiting a bounded time (a fast 429 past
+the bounds).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from serving.api.cancel import ClientGone, until_disconnect
 from serving.api.dispatch import Dispatcher
 from serving.api.errors import APIError
 from serving.api.protocol import ParsedRequest
 from serving.api.shadow import Mirror
 from serving.api.streaming import SSE_HEADERS, replay
+from serving.config import PRIORITIES, Priority
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.recorder import RequestRecord
 from serving.observability.tracing import Tracing, annotate
+from serving.policy.admission import AdmissionTable, Shed
 from serving.policy.context import PolicyError, Principal, RequestContext
 from serving.policy.layer import PolicyLayer
 from serving.routing.groups import CALLER_KEY, GroupRouter, UnknownEngine, UnknownModel
@@ -82,8 +88,11 @@ class Pipeline:
 
     def __init__(self, router: GroupRouter, routes: RouteTable, health: EngineHealth, policy: PolicyLayer,
                  dispatcher: Dispatcher, mirror: Mirror, metrics: GatewayMetrics, max_body_bytes: int,
-                 tracing: Tracing | None = None):
+                 tracing: Tracing | None = None, admission: AdmissionTable | None = None,
+                 priority_header: str = "x-serving-priority"):
         self.router, self.routes, self.health = router, routes, health
+        self.admission = admission or AdmissionTable(metrics)
+        self.priority_header = priority_header
         self.policy, self.dispatcher, self.mirror = policy, dispatcher, mirror
         self.metrics = metrics
         self.tracing = tracing or Tracing()
@@ -140,6 +149,9 @@ class Pipeline:
             rec.engine = "cache"
             return self.cached(ctx, cached, route, endpoint, parsed)
         ctx.details = {route.kind: route.name}
+        with tracing.stage("queue"):
+            if not await self.enqueue(request, ctx, route):
+                return Response(status_code=499)
         if route.kind == "model_group" and pin is None:
             self.shadow(route.name, endpoint, parsed.request)
         with tracing.stage("dispatch"):
@@ -181,6 +193,35 @@ class Pipeline:
             await self.policy.admit(ctx, endpoint, parsed.body)
         except PolicyError as exc:
             raise policy_error(exc) from None
+
+    async def enqueue(self, request: Request, ctx: RequestContext, route: Route) -> bool:
+        """Take an admission slot for the request (`ctx.slot`), waiting a bounded time; a 429 in the envelope when
+        refused, False if the client left while waiting."""
+        limiter = self.admission.get(route.name)
+        if limiter is None:
+            return True
+        try:
+            ctx.slot = await until_disconnect(request, limiter.acquire(ctx.tenant, self.priority(ctx, request)))
+        except Shed as exc:
+            ms = max(1, round(exc.retry_after_s * 1000))
+            raise APIError(429, str(exc), code=exc.reason, headers={
+                "retry-after": str(math.ceil(exc.retry_after_s)), "retry-after-ms": str(ms)}) from None
+        except ClientGone:
+            return False
+        return True
+
+    def priority(self, ctx: RequestContext, request: Request) -> Priority:
+        """The request's admission class: the tenant's, or lower if the priority header asks for it."""
+        tenant = self.policy.tenants.get(ctx.tenant)
+        own: Priority = tenant.priority if tenant is not None else "interactive"
+        asked = request.headers.get(self.priority_header)
+        if asked and asked.strip().lower() in PRIORITIES:
+            wanted = cast(Priority, asked.strip().lower())
+            return max(own, wanted, key=PRIORITIES.index)
+        if asked:
+            raise APIError(400, f"Invalid {self.priority_header} header {asked!r}: use one of {', '.join(PRIORITIES)}.",
+                           param=self.priority_header)
+        return own
 
     def cached(self, ctx: RequestContext, cached: str, route: Route, endpoint: str, parsed: ParsedRequest) -> Response:
         """A cache hit, as JSON or replayed as SSE."""

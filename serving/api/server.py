@@ -22,9 +22,18 @@ from serving.api.middleware import RequestIdMiddleware
 from serving.api.pipeline import Parser, Pipeline, policy_error, request_id
 from serving.api.protocol import parse_chat, parse_completion
 from serving.api.shadow import Mirror
-from serving.config import GatewayConfig, PoliciesConfig, ProviderConfig, RouteConfig, TenantConfig, TierConfig
+from serving.config import (
+    VLLM_DEFAULT_MAX_NUM_SEQS,
+    GatewayConfig,
+    PoliciesConfig,
+    ProviderConfig,
+    RouteConfig,
+    TenantConfig,
+    TierConfig,
+)
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing, provider_from_config
+from serving.policy.admission import AdmissionTable, Bounds, bounds_for
 from serving.policy.context import PolicyError
 from serving.policy.layer import PolicyLayer
 from serving.policy.route_pii import RoutePII
@@ -53,17 +62,49 @@ class Gateway:
         self.tracer_provider = tracer_provider or provider_from_config(settings.tracing)
         self.tracing = Tracing(self.tracer_provider)
         self.cascade = Cascade(self.tiers, metrics, self.tracing)
+        self.admission = AdmissionTable(metrics)
+        self.capacity: dict[str, int] = {}
         self.pipeline = Pipeline(
             router, self.routes, self.health, self.policy, Dispatcher(self.cascade, self.policy, RoutePII(metrics)),
             Mirror(metrics, settings.request_timeout_s), metrics, settings.max_body_bytes, self.tracing,
+            self.admission, settings.priority_header,
         )
 
     def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
-                       routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig]) -> None:
-        """Apply new tiers, routes and tenants (from the deployment's user_config) without a restart."""
+                       routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig],
+                       capacity: Mapping[str, int] | None = None) -> None:
+        """Apply new tiers, routes and tenants (from the deployment's user_config) without a restart, and the
+        admission bounds that follow from them and the engines' `capacity` (engine -> concurrent sequences)."""
         self.tiers.update(tiers, providers)
         self.routes.update(routes, tenants)
         self.policy.set_tenants(tenants)
+        if capacity is not None:
+            self.capacity = dict(capacity)
+        self.admission.update(self.admission_bounds(providers))
+
+    def admission_bounds(self, providers: Mapping[str, ProviderConfig]) -> dict[str, Bounds]:
+        """Per-replica admission bounds of every model group and route with admission on. Derived capacities: a
+        group's from its engines at their traffic weights; a route's from its first tier (a group, or the cloud
+        provider's connection pool)."""
+        replicas = self.settings.replicas
+        default = VLLM_DEFAULT_MAX_NUM_SEQS["gpu"]
+        group_capacity = {name: g.capacity(self.capacity, default) for name, g in self.router.groups.items()}
+        out: dict[str, Bounds] = {}
+        for name, g in self.router.groups.items():
+            if (b := bounds_for(g.admission, group_capacity[name], replicas)) is not None:
+                out[name] = b
+        for name, route in self.routes.routes.items():
+            first = self.tiers.tiers.get(route.config.tiers[0].tier)
+            if first is None:
+                continue
+            if first.config.model_group is not None:
+                cap = group_capacity.get(first.config.model_group, default)
+            else:
+                provider = providers.get(first.config.provider or "")
+                cap = (provider.max_connections if provider else default) * replicas
+            if (b := bounds_for(route.config.admission, cap, replicas)) is not None:
+                out[name] = b
+        return out
 
     def update_policies(self, policies: PoliciesConfig) -> None:
         """Apply new policies (API keys, limits, cache, audit); raises `PolicySetupError` if they cannot run."""

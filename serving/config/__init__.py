@@ -7,6 +7,12 @@ gates, routes), `tenants`, `policies`, `rollout`, `platform` (the whole, with cr
 
 from __future__ import annotations
 
+from serving.config.admission import (
+    PRIORITIES,
+    VLLM_DEFAULT_MAX_NUM_SEQS,
+    AdmissionConfig,
+    Priority,
+)
 from serving.config.base import (
     NAME_RE,
     StrictModel,
@@ -87,6 +93,9 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "NAME_RE",
     "PII_KINDS",
+    "PRIORITIES",
+    "VLLM_DEFAULT_MAX_NUM_SEQS",
+    "AdmissionConfig",
     "AnalysisConfig",
     "AnomalyConfig",
     "AuditConfig",
@@ -114,6 +123,7 @@ __all__ = [
     "PlatformConfig",
     "PoliciesConfig",
     "PriceConfig",
+    "Priority",
     "ProviderConfig",
     "Quantization",
     "RayConfig",

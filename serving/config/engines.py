@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from serving.config.admission import AdmissionConfig
 from serving.config.base import StrictModel
 
 Quantization = Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8"]
@@ -112,6 +113,9 @@ class ModelGroupConfig(StrictModel):
         ),
     )
     shadow: ShadowConfig | None = Field(None, description="Mirror traffic to an engine (blue-green warm-up).")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Concurrency and queue bounds of requests naming this group.",
+    )
 
     @field_validator("engines", mode="before")
     @classmethod

@@ -59,6 +59,10 @@ class GatewayConfig(StrictModel):
     tenant_header: str = Field(
         "x-serving-tenant", description="Request header naming the tenant (selects the tenant's routes)."
     )
+    priority_header: str = Field(
+        "x-serving-priority",
+        description="Request header with the admission class (interactive, batch); it can only lower the tenant's.",
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535,
         description=(

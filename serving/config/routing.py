@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
+from serving.config.admission import AdmissionConfig
 from serving.config.base import StrictModel
 from serving.config.policies import PIIPolicy
 
@@ -290,6 +291,9 @@ class RouteConfig(StrictModel):
     )
     allow_overrides: bool = Field(True, description="Accept per-request `serving` overrides of gates and policy.")
     pii: PIIPolicy = Field(default_factory=PIIPolicy, description="Personal data in prompts bound for cloud tiers.")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Concurrency and queue bounds of requests naming this route.",
+    )
     description: str = ""
 
     @field_validator("tiers", mode="before")

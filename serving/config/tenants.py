@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from serving.config.admission import Priority
 from serving.config.base import StrictModel
 from serving.config.policies import LimitsConfig
 
@@ -20,3 +21,7 @@ class TenantConfig(StrictModel):
     limits: LimitsConfig | None = Field(None, description="Overrides of policies.limits for this tenant.")
     audit_prompts: bool = Field(False, description="Put prompt text in this tenant's audit lines (opt-in).")
     cache: bool = Field(True, description="Use the response cache (when policies.cache is on).")
+    priority: Priority = Field(
+        "interactive",
+        description="Admission class of this tenant's requests; a request may lower it with the priority header.",
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.config import EngineConfig, PlatformConfig
+from serving.config import VLLM_DEFAULT_MAX_NUM_SEQS, EngineConfig, PlatformConfig
 
 GATEWAY_DEPLOYMENT = "gateway"
 GATEWAY_IMPORT_PATH = "serving.app:gateway_builder"
@@ -26,15 +26,24 @@ def engine_app_name(app_name: str, engine: str) -> str:
     return f"{app_name}-engine-{engine}"
 
 
+def engine_capacity(engine: EngineConfig) -> int:
+    """Sequences an engine serves at once across its replicas: `max_num_seqs` (vLLM's default when unset) times
+    the most replicas it may have (admission bounds are sized for it, so an autoscaled engine sees the queue it
+    scales on)."""
+    seqs = engine.engine_kwargs.get("max_num_seqs") or engine.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS[engine.device]
+    return int(seqs) * engine.replicas.max
+
+
 def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
-    """The gateway's reconfigurable state: the engines it may call (engine -> Serve app), model groups (traffic
-    weights), providers, tiers, routes, tenants and policies."""
+    """The gateway's reconfigurable state: the engines it may call (engine -> Serve app) and their capacity,
+    model groups (traffic weights), providers, tiers, routes, tenants and policies."""
 
     def dump(table: dict[str, Any]) -> dict[str, Any]:
         return {name: item.model_dump(mode="json", by_alias=True, exclude_none=True) for name, item in table.items()}
 
     return {
         "engines": {name: engine_app_name(config.ray.app_name, name) for name in config.engines},
+        "capacity": {name: engine_capacity(engine) for name, engine in config.engines.items()},
         "model_groups": dump(config.model_groups),
         "providers": dump(config.providers),
         "tiers": dump(config.tiers),

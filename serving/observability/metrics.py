@@ -131,6 +131,21 @@ class GatewayMetrics:
             "serving_tenant_anomalies", "Windows in which a tenant's request rate broke its baseline.", ["tenant"],
             registry=r,
         )
+        # Admission control (`name`: a model group or route).
+        self.admission_in_flight = Gauge(
+            "serving_admission_in_flight", "Requests holding an admission slot.", ["name"], registry=r,
+        )
+        self.admission_queued = Gauge(
+            "serving_admission_queued", "Requests waiting for an admission slot.", ["name"], registry=r,
+        )
+        self.admission_shed = Counter(
+            "serving_admission_shed", "Requests refused by admission control (429): queue_full or queue_timeout.",
+            ["name", "reason", "priority"], registry=r,
+        )
+        self.admission_wait = Histogram(
+            "serving_admission_wait_seconds", "Time admitted requests waited in the queue for a slot.",
+            ["name", "priority"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+        )
         self._refresh: list[Any] = []
 
     def on_render(self, fn: Any) -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.policy.admission import Slot
 from serving.policy.keys import KeyRecord
 from serving.policy.limits import AdmitPlan, Scope
 
@@ -64,6 +65,7 @@ class RequestContext:
     charged_usd: float = 0.0
     degraded: bool = False  # admitted without Redis (fail-open)
     deferred: bool = False  # a stream: completed by its finish hook
+    slot: Slot | None = None  # the admission slot it holds, given back when it is complete
     done: bool = False
     prompt: Any = None
 

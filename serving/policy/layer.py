@@ -327,6 +327,8 @@ class PolicyLayer:
         if ctx.done:
             return
         ctx.done = True
+        if ctx.slot is not None:
+            ctx.slot.release()
         if self.store is not None and ctx.plan is not None:
             spec = settle_spec(ctx.plan, self.store.prefix, ctx.scopes, used_tokens=ctx.tokens,
                                counted_tokens=max(0, ctx.tokens - ctx.charged_tokens),

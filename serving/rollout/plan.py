@@ -18,6 +18,7 @@ from serving.deploy.serve_config import (
     GATEWAY_DEPLOYMENT,
     GATEWAY_IMPORT_PATH,
     engine_app_name,
+    engine_capacity,
     engine_deployment_options,
     gateway_user_config,
 )
@@ -105,6 +106,7 @@ def add_engine(cfg: ServeConfig, group: str, name: str, engine: EngineConfig) ->
         "deployments": [{"name": deployment_name(name), **engine_deployment_options(engine)}],
     })
     state["engines"][name] = app
+    state.setdefault("capacity", {})[name] = engine_capacity(engine)
     g = state["model_groups"][group]
     if name not in [m["engine"] if isinstance(m, dict) else m for m in g["engines"]]:
         g["engines"] = [*_as_dicts(g["engines"]), {"engine": name, "weight": 0.0}]
@@ -149,6 +151,7 @@ def remove_engine(cfg: ServeConfig, name: str) -> ServeConfig:
         if (g.get("shadow") or {}).get("engine") == name:
             g.pop("shadow")
     app = state["engines"].pop(name, None) or engine_app_name(app_name(cfg), name)
+    state.get("capacity", {}).pop(name, None)
     out = _with_state(cfg, state)
     out["applications"] = [a for a in out["applications"] if a.get("name") != app]
     return out

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from serving.config import ModelGroupConfig
+from serving.config import AdmissionConfig, ModelGroupConfig
 from serving.engines.base import Engine
 
 
@@ -46,6 +46,7 @@ class ModelGroup:
     shadow: Engine | None = None
     shadow_share: float = 0.0
     standby: tuple[Engine, ...] = ()  # members at weight 0: no traffic, reachable by a pin (a challenger's eval)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     _cumulative: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +55,15 @@ class ModelGroup:
             total += w
             acc.append(total)
         object.__setattr__(self, "_cumulative", tuple(acc))
+
+    def capacity(self, engine_capacity: Mapping[str, int], default: int) -> int:
+        """Requests the group can serve at once without any engine taking more than its capacity at the traffic
+        weights (`engine_capacity`: engine -> sequences across its replicas; `default` for an engine not in it)."""
+        total = sum(self.weights)
+        if not self.engines or total <= 0:
+            return default
+        return max(1, int(min(engine_capacity.get(e.name, default) * total / w
+                              for e, w in zip(self.engines, self.weights, strict=True))))
 
     def pick(self, key: str | None = None) -> Engine:
         """An engine chosen by weight (the only one, when the group has one). With `sticky` and a caller `key`,
@@ -107,7 +117,7 @@ class GroupRouter:
             table[name] = ModelGroup(
                 name, tuple(engines[m.engine] for m in members), tuple(m.weight for m in members),
                 sticky=group.sticky, shadow=shadow, shadow_share=group.shadow.percent / 100 if group.shadow else 0.0,
-                standby=tuple(engines[e] for e in standby),
+                standby=tuple(engines[e] for e in standby), admission=group.admission,
             )
         self.engines, self.groups = engines, table
 

@@ -24,7 +24,7 @@ from tests.support.fake_clouds import FakeOpenAI
 from tests.support.fakes import FakeEngine
 
 MESSAGES = [{"role": "user", "content": "Reply in JSON."}]
-STAGES = {"authenticate", "parse", "resolve", "admit", "cache", "dispatch"}
+STAGES = {"authenticate", "parse", "resolve", "admit", "cache", "queue", "dispatch"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
