@@ -37,6 +37,7 @@ from serving.policy.admission import AdmissionTable, Bounds, bounds_for
 from serving.policy.context import PolicyError
 from serving.policy.layer import PolicyLayer
 from serving.policy.route_pii import RoutePII
+from serving.routing.breaker_board import BreakerBoard
 from serving.routing.cascade import Cascade
 from serving.routing.groups import GroupRouter
 from serving.routing.health import EngineHealth
@@ -62,6 +63,8 @@ class Gateway:
         self.tracer_provider = tracer_provider or provider_from_config(settings.tracing)
         self.tracing = Tracing(self.tracer_provider)
         self.cascade = Cascade(self.tiers, metrics, self.tracing)
+        self.breakers = BreakerBoard(lambda: self.tiers.tiers)
+        self.tiers.breaker_hook = self.breakers.changed
         self.admission = AdmissionTable(metrics)
         self.capacity: dict[str, int] = {}
         self.pipeline = Pipeline(
@@ -107,8 +110,11 @@ class Gateway:
         return out
 
     def update_policies(self, policies: PoliciesConfig) -> None:
-        """Apply new policies (API keys, limits, cache, audit); raises `PolicySetupError` if they cannot run."""
+        """Apply new policies (API keys, limits, cache, audit); raises `PolicySetupError` if they cannot run. With
+        Redis configured, tier breakers are shared with the other gateway replicas through it."""
         self.policy.update(policies)
+        self.breakers.set_store(self.policy.store)
+        self.breakers.ensure_running()
 
     async def handle(self, request: Request, endpoint: str, parse: Parser) -> Response:
         """Serve one inference request through the pipeline."""

@@ -142,6 +142,20 @@ class PolicyStore:
         values = await self._call(lambda: self.redis.mget(keys)) if keys else []
         return [float(v) if v is not None else 0.0 for v in values]
 
+    # -------------------------------------------------------------------------------- tier breakers (shared)
+
+    async def breakers_open(self, tiers: list[str]) -> dict[str, float]:
+        """tier -> wall-clock time until which another replica opened its breaker."""
+        values = await self._call(lambda: self.redis.mget([self.key("breaker", t) for t in tiers]))
+        return {t: float(v) for t, v in zip(tiers, values, strict=True) if v}
+
+    async def open_breaker(self, tier: str, until: float) -> None:
+        ttl_ms = max(1, int((until - time.time()) * 1000))
+        await self._call(lambda: self.redis.set(self.key("breaker", tier), f"{until:.3f}", px=ttl_ms))
+
+    async def close_breaker(self, tier: str) -> None:
+        await self._call(lambda: self.redis.delete(self.key("breaker", tier)))
+
     async def cache_get(self, key: str) -> str | None:
         return await self._call(lambda: self.redis.get(key))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import TypeVar
 
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
@@ -31,13 +32,27 @@ class TierDown(Exception):
     """Every engine of a local tier is known to be down (health probes), or a cloud tier has no API key."""
 
 
+class _Breaker(CircuitBreaker):
+    """`circuitbreaker`'s breaker, which another replica's verdict can open."""
+
+    def force_open(self, remaining_s: float) -> None:
+        self._state = STATE_OPEN
+        self._opened = monotonic() - max(0.0, self._recovery_timeout - remaining_s)
+
+
+BreakerHook = Callable[[str, float], None]
+"""`(tier, open_remaining_s) -> None`: called when a tier's breaker opens (remaining > 0) or closes again (0)."""
+
+
 class TierBreaker:
     """A circuit breaker for one tier: `failure_threshold` transport faults in a row open it for `cooldown_s`;
-    after the cooldown it is half-open, and the next call's outcome closes or re-opens it."""
+    after the cooldown it is half-open, and the next call's outcome closes or re-opens it. `on_change` hears of
+    its own openings and closings (to share them with other gateway replicas); `force_open` applies theirs."""
 
-    def __init__(self, name: str, cfg: BreakerConfig):
+    def __init__(self, name: str, cfg: BreakerConfig, on_change: BreakerHook | None = None):
         self.name = name
-        self._cb = CircuitBreaker(
+        self.on_change = on_change
+        self._cb = _Breaker(
             failure_threshold=cfg.failure_threshold,
             recovery_timeout=cfg.cooldown_s,
             expected_exception=TRANSIENT_ERRORS,
@@ -56,13 +71,25 @@ class TierBreaker:
     def open_remaining_s(self) -> float:
         return max(0.0, float(self._cb.open_remaining)) if self._cb.state == STATE_OPEN else 0.0
 
+    def force_open(self, remaining_s: float) -> None:
+        """Open for `remaining_s` (another replica opened it); no `on_change`."""
+        if remaining_s > self.open_remaining_s:
+            self._cb.force_open(remaining_s)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        before = self._cb.state
+        self._cb.__exit__(type(exc) if exc is not None else None, exc, None)
+        after = self._cb.state
+        if after != before and self.on_change is not None and (after == STATE_OPEN or before != STATE_CLOSED):
+            self.on_change(self.name, self.open_remaining_s if after == STATE_OPEN else 0.0)
+
     def record_fault(self, exc: BaseException) -> None:
         """Count a fault seen after the call itself returned (a generation that stalled midway)."""
-        self._cb.__exit__(type(exc), exc, None)
+        self._settle(exc)
 
     def record_success(self) -> None:
         """Count a call whose whole answer came (for calls run with `settle=False`)."""
-        self._cb.__exit__(None, None, None)
+        self._settle(None)
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, settle: bool = True) -> T:
         """Run `fn` through the breaker (raises `BreakerOpen` while open). `settle=False`: a successful `fn` is
@@ -72,13 +99,13 @@ class TierBreaker:
         try:
             result = await fn()
         except TRANSIENT_ERRORS as exc:  # a transport fault counts
-            self._cb.__exit__(type(exc), exc, None)
+            self._settle(exc)
             raise
         except EngineRejected:  # the tier answered (it refused this request): it is alive
-            self._cb.__exit__(None, None, None)
+            self._settle(None)
             raise
         if settle:
-            self._cb.__exit__(None, None, None)
+            self._settle(None)
         return result
 
 

@@ -11,7 +11,7 @@ from serving.config import ProviderConfig, RetryConfig, TierConfig
 from serving.engines.base import Engine
 from serving.routing.groups import GroupRouter
 from serving.routing.health import EngineHealth
-from serving.routing.resilience import TierBreaker, TierDown
+from serving.routing.resilience import BreakerHook, TierBreaker, TierDown
 
 logger = logging.getLogger("serving.routing")
 
@@ -85,6 +85,7 @@ class TierSet:
         self.group_ttft_s, self.group_stall_s = group_ttft_s, group_stall_s
         self.tiers: dict[str, Tier] = {}
         self._group_tiers: dict[str, Tier] = {}
+        self.breaker_hook: BreakerHook | None = None  # hears of breakers opening and closing (BreakerBoard)
 
     def group_tier(self, group: str) -> Tier:
         """The tier that serves requests naming the model group `group` directly."""
@@ -104,7 +105,8 @@ class TierSet:
             if old is not None and old.config == cfg and (provider is None or old.kind == provider.kind):
                 table[name] = old
                 continue
-            tier = Tier(name, cfg, TierBreaker(name, cfg.breaker), provider.kind if provider else "local")
+            tier = Tier(name, cfg, TierBreaker(name, cfg.breaker, self._breaker_changed),
+                        provider.kind if provider else "local")
             if provider is not None:
                 try:
                     tier.cloud = self.cloud_factory(name, provider, cfg)
@@ -113,6 +115,10 @@ class TierSet:
                     logger.warning("tier %s is disabled: %s", name, exc)
             table[name] = tier
         self.tiers = table
+
+    def _breaker_changed(self, tier: str, remaining_s: float) -> None:
+        if self.breaker_hook is not None:
+            self.breaker_hook(tier, remaining_s)
 
     def engine_for(self, tier: Tier, pin: str | None = None) -> Engine:
         """The engine that serves this call of `tier` (`pin`: that engine of a group); raises `TierDown` if none

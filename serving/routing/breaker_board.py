@@ -1,0 +1,99 @@
+"""Breaker state shared across gateway replicas: a tier one replica found dead is skipped by all.
+
+When a replica's breaker for a tier opens, it writes `<prefix>breaker:<tier>` (the wall-clock time it opens
+until, expiring with it) to the shared store; when it closes again the key is deleted. Every replica reads the
+keys of its tiers once per `interval_s` and opens its own breaker for the time left. Only openings travel: each
+replica still probes a half-open tier itself. The store being down costs nothing but the sharing (each replica's
+breakers keep working on their own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from serving.routing.tiers import Tier
+
+logger = logging.getLogger("serving.routing")
+
+
+class BreakerStore(Protocol):
+    """Where the open breakers are kept (`PolicyStore` on Redis)."""
+
+    async def breakers_open(self, tiers: list[str]) -> dict[str, float]:
+        """tier -> wall-clock time its breaker is open until, for the tiers with an open breaker."""
+        ...
+
+    async def open_breaker(self, tier: str, until: float) -> None: ...
+
+    async def close_breaker(self, tier: str) -> None: ...
+
+
+class BreakerBoard:
+    """Publishes this replica's breaker openings and applies the other replicas' (one per gateway replica)."""
+
+    def __init__(self, tiers: Callable[[], Mapping[str, Tier]], interval_s: float = 1.0):
+        self.tiers = tiers
+        self.interval_s = interval_s
+        self.store: BreakerStore | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def set_store(self, store: BreakerStore | None) -> None:
+        self.store = store
+
+    def changed(self, tier: str, remaining_s: float) -> None:
+        """A local breaker opened (`remaining_s` > 0) or closed: tell the other replicas (in the background)."""
+        store = self.store
+        if store is None:
+            return
+        op = store.open_breaker(tier, time.time() + remaining_s) if remaining_s > 0 else store.close_breaker(tier)
+        self._background(op)
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """Start the sync loop on the running event loop (once a store is set)."""
+        if self._task is None and self.store is not None:
+            with contextlib.suppress(RuntimeError):  # no loop yet: the first change or sync starts it
+                self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def sync(self) -> None:
+        """Open local breakers that another replica opened (raises if the store is down)."""
+        store = self.store
+        tiers = {name: t for name, t in self.tiers().items() if t.breaker is not None}
+        if store is None or not tiers:
+            return
+        now = time.time()
+        for name, until in (await store.breakers_open(list(tiers))).items():
+            breaker = tiers[name].breaker
+            if breaker is not None and until - now > breaker.open_remaining_s + 0.5:
+                logger.info("tier %s: circuit opened by another gateway replica for %.1f s", name, until - now)
+                breaker.force_open(until - now)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sync()
+            except Exception as exc:  # the store is down: local breakers only, until it is back
+                logger.debug("breaker sync failed: %s", exc)
+
+    def _background(self, op: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await op
+            except Exception as exc:
+                logger.debug("breaker publish failed: %s", exc)
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:
+            if hasattr(op, "close"):
+                op.close()
+            return
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
