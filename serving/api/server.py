@@ -75,14 +75,17 @@ class Gateway:
 
     def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
                        routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig],
-                       capacity: Mapping[str, int] | None = None) -> None:
+                       capacity: Mapping[str, int] | None = None, context: Mapping[str, int] | None = None) -> None:
         """Apply new tiers, routes and tenants (from the deployment's user_config) without a restart, and the
-        admission bounds that follow from them and the engines' `capacity` (engine -> concurrent sequences)."""
+        admission bounds that follow from them and the engines' `capacity` (engine -> concurrent sequences);
+        `context`: engine -> max_model_len, for the context-window fallback."""
         self.tiers.update(tiers, providers)
         self.routes.update(routes, tenants)
         self.policy.set_tenants(tenants)
         if capacity is not None:
             self.capacity = dict(capacity)
+        if context is not None:
+            self.tiers.engine_context = dict(context)
         self.admission.update(self.admission_bounds(providers))
 
     def admission_bounds(self, providers: Mapping[str, ProviderConfig]) -> dict[str, Bounds]:

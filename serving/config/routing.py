@@ -123,6 +123,13 @@ class TierConfig(StrictModel):
     )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    context_window: int | None = Field(
+        None, ge=16,
+        description=(
+            "Tokens (prompt + completion) the tier's model takes; a longer request skips the tier before the call. "
+            "Default: a local tier's engines' max_model_len; unknown for a cloud tier (never skipped)."
+        ),
+    )
     max_tokens: int | None = Field(
         None, ge=1, description="Default max_tokens sent when the client sets none (Anthropic requires one)."
     )

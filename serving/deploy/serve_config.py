@@ -34,6 +34,21 @@ def engine_capacity(engine: EngineConfig) -> int:
     return int(seqs) * engine.replicas.max
 
 
+def engine_context(engine: EngineConfig) -> int | None:
+    """The engine's context length in tokens when the config says it (`max_model_len`, or the catalog's)."""
+    explicit = engine.engine_kwargs.get("max_model_len") or engine.max_model_len
+    if explicit:
+        return int(explicit)
+    if engine.model.startswith("catalog:"):
+        from models.catalog import get_model
+
+        try:
+            return get_model(engine.model.removeprefix("catalog:")).max_context
+        except (KeyError, ValueError):
+            return None
+    return None
+
+
 def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
     """The gateway's reconfigurable state: the engines it may call (engine -> Serve app) and their capacity,
     model groups (traffic weights), providers, tiers, routes, tenants and policies."""
@@ -44,6 +59,7 @@ def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
     return {
         "engines": {name: engine_app_name(config.ray.app_name, name) for name in config.engines},
         "capacity": {name: engine_capacity(engine) for name, engine in config.engines.items()},
+        "context": {name: n for name, engine in config.engines.items() if (n := engine_context(engine))},
         "model_groups": dump(config.model_groups),
         "providers": dump(config.providers),
         "tiers": dump(config.tiers),

@@ -19,6 +19,7 @@ from serving.deploy.serve_config import (
     GATEWAY_IMPORT_PATH,
     engine_app_name,
     engine_capacity,
+    engine_context,
     engine_deployment_options,
     gateway_user_config,
 )
@@ -107,6 +108,8 @@ def add_engine(cfg: ServeConfig, group: str, name: str, engine: EngineConfig) ->
     })
     state["engines"][name] = app
     state.setdefault("capacity", {})[name] = engine_capacity(engine)
+    if (context := engine_context(engine)) is not None:
+        state.setdefault("context", {})[name] = context
     g = state["model_groups"][group]
     if name not in [m["engine"] if isinstance(m, dict) else m for m in g["engines"]]:
         g["engines"] = [*_as_dicts(g["engines"]), {"engine": name, "weight": 0.0}]
@@ -152,6 +155,7 @@ def remove_engine(cfg: ServeConfig, name: str) -> ServeConfig:
             g.pop("shadow")
     app = state["engines"].pop(name, None) or engine_app_name(app_name(cfg), name)
     state.get("capacity", {}).pop(name, None)
+    state.get("context", {}).pop(name, None)
     out = _with_state(cfg, state)
     out["applications"] = [a for a in out["applications"] if a.get("name") != app]
     return out

@@ -20,10 +20,11 @@ from typing import Any, get_args
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from serving.config import RouteConfig, RouteTier
-from serving.engines.base import Completed, EngineItem
+from serving.engines.base import Completed, EngineItem, EngineRejected
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing
 from serving.routing.call import DeadlineReached, TierCaller, outcome_of
+from serving.routing.context_window import does_not_fit
 from serving.routing.gates import Answer, Gate, GateContext, GateResult, run_gates
 from serving.routing.outcomes import Attempt, CascadeError, Outcome, StreamStart, failure
 from serving.routing.progress import DeadlinePassed
@@ -155,8 +156,11 @@ class Cascade:
             step_gates = [g for k, g in gates.items() if step.gates is None or k in step.gates]
             self_correct = step.self_correct if step.self_correct is not None else cfg.self_correct
             base = self._for_tier(tier, request, cloud_request)
+            to = steps[i + 1].tier if i + 1 < len(steps) else "none"
             if base is None:
-                self._pii_blocked(outcome, route, tier, steps[i + 1].tier if i + 1 < len(steps) else "none")
+                self._pii_blocked(outcome, route, tier, to)
+                continue
+            if self._too_long(outcome, route, tier, endpoint, base, to):
                 continue
             ctx = GateContext(base, endpoint, logprobs_available=tier.logprobs,
                               judge=lambda t, p, m: self._judge(outcome, deadline, t, p, m))
@@ -208,7 +212,6 @@ class Cascade:
                         req = self._correction(req, answer, failed)
                         continue
                     break
-            to = steps[i + 1].tier if i + 1 < len(steps) else "none"
             self.metrics.escalations.labels(route.name, tier.name, to, reason or "unknown").inc()
             if last_local is not None:  # this version's answer failed its gates and the request moved on
                 self.metrics.engine_answers.labels(*last_local, "escalated").inc()
@@ -224,6 +227,27 @@ class Cascade:
         outcome.attempts.append(attempt)
         self._count(outcome, attempt)
         self.metrics.escalations.labels(route.name, tier.name, to, "pii_blocked").inc()
+
+    def _too_long(self, outcome: Outcome, route: Route, tier: Tier, endpoint: str, request: Any, to: str) -> bool:
+        """Skip a configured route's tier whose context cannot hold the request (decided before the call)."""
+        if route.kind != "route":
+            return False  # a model group's engine answers for itself, with its exact count
+        window = self.tiers.context_window(tier)
+        over = does_not_fit(endpoint, request, window)
+        if over is None:
+            return False
+        prompt, completion = over
+        asked = f" plus {completion} completion tokens" if completion else ""
+        exc = EngineRejected(f"This request does not fit tier {tier.name}'s context of {window} tokens: its prompt "
+                             f"has at least {prompt} tokens{asked}. Shorten the prompt or lower max_tokens.",
+                             status=400, code="context_length_exceeded",
+                             param="messages" if endpoint == "chat" else "prompt")
+        attempt = Attempt(tier.name, "answer", "rejected", error=str(exc))
+        outcome.attempts.append(attempt)
+        outcome.errors.append(exc)
+        self._count(outcome, attempt)
+        self.metrics.escalations.labels(route.name, tier.name, to, "context_window").inc()
+        return True
 
     def _count(self, outcome: Outcome, attempt: Attempt) -> None:
         self.metrics.tier_attempts.labels(outcome.route, attempt.tier, attempt.outcome).inc()
@@ -257,6 +281,8 @@ class Cascade:
             base = self._for_tier(tier, request, cloud_request)
             if base is None:
                 self._pii_blocked(outcome, route, tier, to)
+                continue
+            if self._too_long(outcome, route, tier, endpoint, base, to):
                 continue
             attempt = Attempt(tier.name, "answer", "accepted")
             outcome.attempts.append(attempt)

@@ -160,8 +160,9 @@ def failure(outcome: Outcome, *, gate_failed: bool, deadline_hit: bool) -> Casca
         return CascadeError(422, f"no tier of {_what(outcome)} produced an answer that passed its quality "
                             f"gates ({' | '.join(failed)[:600]})", "quality_gate_failed", attempts)
     rejected = [e for e in outcome.errors if isinstance(e, EngineRejected)]
-    if rejected:
-        first = rejected[0]
+    if rejected:  # the most specific refusal: one with a code and a parameter over a generic one
+        first = min(rejected, key=lambda e: (e.code in (None, "invalid_request", "invalid_request_error"),
+                                             e.param is None))
         return CascadeError(first.status, str(first), first.code or "invalid_request", attempts, detail=first.detail,
                             param=first.param)
     faults = [e for e in outcome.errors if not isinstance(e, (TierDown, BreakerOpen))]

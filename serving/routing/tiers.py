@@ -86,6 +86,7 @@ class TierSet:
         self.tiers: dict[str, Tier] = {}
         self._group_tiers: dict[str, Tier] = {}
         self.breaker_hook: BreakerHook | None = None  # hears of breakers opening and closing (BreakerBoard)
+        self.engine_context: dict[str, int] = {}  # engine -> max_model_len, where known
 
     def group_tier(self, group: str) -> Tier:
         """The tier that serves requests naming the model group `group` directly."""
@@ -115,6 +116,17 @@ class TierSet:
                     logger.warning("tier %s is disabled: %s", name, exc)
             table[name] = tier
         self.tiers = table
+
+    def context_window(self, tier: Tier) -> int | None:
+        """Tokens a call of `tier` may take: its `context_window`, else (local) the smallest max_model_len of its
+        group's engines, if every one is known; None: unknown."""
+        if tier.config.context_window is not None:
+            return tier.config.context_window
+        group = self.router.groups.get(tier.config.model_group or "")
+        if group is None:
+            return None
+        sizes = [self.engine_context.get(e.name) for e in (*group.engines, *group.standby)]
+        return min(sizes) if sizes and all(s is not None for s in sizes) else None  # type: ignore[type-var]
 
     def _breaker_changed(self, tier: str, remaining_s: float) -> None:
         if self.breaker_hook is not None:
