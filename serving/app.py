@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from serving.config import EngineConfig, PlatformConfig, load_config, parse_config
-from serving.deploy.serve_config import GATEWAY_DEPLOYMENT, gateway_user_config
+from serving.deploy.serve_config import GATEWAY_DEPLOYMENT, gateway_deployment_options, gateway_user_config
 
 if TYPE_CHECKING:
     from ray.serve.deployment import Application
@@ -26,8 +26,7 @@ def build_gateway_app(config: PlatformConfig) -> Application:
     gateway = serve.deployment(
         GatewayDeployment,
         name=GATEWAY_DEPLOYMENT,
-        num_replicas=gw.replicas,
-        max_ongoing_requests=gw.max_ongoing_requests,
+        **gateway_deployment_options(gw),
         ray_actor_options={"num_cpus": gw.num_cpus},
         user_config=gateway_user_config(config),
     )

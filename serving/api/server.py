@@ -92,7 +92,7 @@ class Gateway:
         """Per-replica admission bounds of every model group and route with admission on. Derived capacities: a
         group's from its engines at their traffic weights; a route's from its first tier (a group, or the cloud
         provider's connection pool)."""
-        replicas = self.settings.replicas
+        replicas = self.settings.admission_replicas
         default = VLLM_DEFAULT_MAX_NUM_SEQS["gpu"]
         group_capacity = {name: g.capacity(self.capacity, default) for name, g in self.router.groups.items()}
         out: dict[str, Bounds] = {}

@@ -35,6 +35,7 @@ from serving.config.loader import (
 )
 from serving.config.platform import (
     LOOPBACK_HOSTS,
+    GatewayAutoscaling,
     GatewayConfig,
     PlatformConfig,
     RayConfig,
@@ -111,6 +112,7 @@ __all__ = [
     "GPUSpec",
     "GateKind",
     "GatesConfig",
+    "GatewayAutoscaling",
     "GatewayConfig",
     "GroupMember",
     "JsonGateConfig",

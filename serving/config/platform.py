@@ -33,13 +33,39 @@ class TracingConfig(StrictModel):
     )
 
 
+class GatewayAutoscaling(StrictModel):
+    """Gateway replicas scaled by Ray Serve on ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: int = Field(
+        64, ge=1, description="Ongoing requests per gateway replica Serve scales to (streams included).",
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> GatewayAutoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        return self
+
+
 class GatewayConfig(StrictModel):
     """The OpenAI-compatible ingress deployment."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = "/"
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="Gateway replicas (with `autoscaling`: the replicas it starts with).")
+    autoscaling: GatewayAutoscaling | None = Field(
+        None, description="Scale the gateway replicas on their ongoing requests (Ray Serve autoscaling).",
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0,
+        description=(
+            "A replica being stopped (rolling update, scale-down) gets no new requests and finishes the ones in "
+            "flight, streams included, for up to this long (Serve's graceful_shutdown_timeout_s)."
+        ),
+    )
     num_cpus: float = Field(0.0, ge=0.0, description="Ray CPUs reserved per gateway replica (0 on small boxes).")
     max_ongoing_requests: int = Field(1024, ge=1)
     request_timeout_s: float = Field(
@@ -71,6 +97,11 @@ class GatewayConfig(StrictModel):
         ),
     )
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @property
+    def admission_replicas(self) -> int:
+        """Replicas the derived admission bounds are divided by: the fixed count, or the autoscaler's minimum."""
+        return self.autoscaling.min_replicas if self.autoscaling is not None else self.replicas
 
     @field_validator("route_prefix")
     @classmethod

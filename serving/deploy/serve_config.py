@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.config import VLLM_DEFAULT_MAX_NUM_SEQS, EngineConfig, PlatformConfig
+from serving.config import VLLM_DEFAULT_MAX_NUM_SEQS, EngineConfig, GatewayConfig, PlatformConfig
 
 GATEWAY_DEPLOYMENT = "gateway"
 GATEWAY_IMPORT_PATH = "serving.app:gateway_builder"
@@ -78,6 +78,20 @@ def engine_deployment_options(engine: EngineConfig) -> dict[str, Any]:
                                    "target_ongoing_requests": r.target_ongoing_requests}}
 
 
+def gateway_deployment_options(gw: GatewayConfig) -> dict[str, Any]:
+    """Serve options of the gateway deployment: replicas (fixed or autoscaled), the concurrency bound, and the
+    drain on stop (no new requests, those in flight finish for up to `drain_timeout_s`)."""
+    scaling: dict[str, Any] = {"num_replicas": gw.replicas}
+    if gw.autoscaling is not None:
+        a = gw.autoscaling
+        scaling = {"autoscaling_config": {
+            "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+            "initial_replicas": min(max(gw.replicas, a.min_replicas), a.max_replicas),
+            "target_ongoing_requests": a.target_ongoing_requests}}
+    return {**scaling, "max_ongoing_requests": gw.max_ongoing_requests,
+            "graceful_shutdown_timeout_s": gw.drain_timeout_s, "graceful_shutdown_wait_loop_s": 1.0}
+
+
 def serve_config(
     config: PlatformConfig,
     *,
@@ -103,8 +117,7 @@ def serve_config(
                                                                              exclude_none=True)},
         "deployments": [{
             "name": GATEWAY_DEPLOYMENT,
-            "num_replicas": gw.replicas,
-            "max_ongoing_requests": gw.max_ongoing_requests,
+            **gateway_deployment_options(gw),
             "user_config": gateway_user_config(config),
         }],
     }

@@ -30,6 +30,9 @@ import yaml
 
 from tests.integration.support import (
     ADMIN_KEY,
+    ADMIT_CONCURRENCY,
+    ADMIT_QUEUE,
+    ADMIT_ROUTE,
     APP,
     AUDIT_FILE,
     CACHED_TENANT,
@@ -44,7 +47,9 @@ from tests.integration.support import (
     JSON_ROUTE,
     LIMITED_RPM,
     LIMITED_TENANT,
+    LOAD_ROUTE,
     MAX_MODEL_LEN,
+    PROGRESS_TIER,
     PYTHON,
     RAY,
     RESILIENT_ROUTE,
@@ -55,6 +60,7 @@ from tests.integration.support import (
     SMOL_TIER,
     TINY_ENGINE,
     TINY_GROUP,
+    TINY_TIER,
     Stack,
 )
 from tests.support.redis_server import RedisServer
@@ -162,11 +168,18 @@ def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
                          "price": {"input_per_1m": 2.5, "output_per_1m": 10.0}},
             DEAD_TIER: {"provider": "dead", "model": "gone", "timeout_s": 5, "retry": fast,
                         "breaker": {"failure_threshold": 2, "cooldown_s": 600}},
+            # long generations take far longer than this TTFT timeout: only progress may end them
+            PROGRESS_TIER: {"model_group": SMOL_GROUP, "ttft_timeout_s": 10, "stall_timeout_s": 10,
+                            "breaker": {"failure_threshold": 2, "cooldown_s": 60}},
+            TINY_TIER: {"model_group": TINY_GROUP, "retry": {"attempts": 1}},
         },
         "routes": {
             JSON_ROUTE: {"tiers": [SMOL_TIER, CLOUD_TIER], "on_exhausted": "error",
                          "gates": {"json": {"required": True, "schema": CITY_SCHEMA}}},
             RESILIENT_ROUTE: {"tiers": [DEAD_TIER, SMOL_TIER]},
+            LOAD_ROUTE: {"tiers": [PROGRESS_TIER], "gates": {"empty": {}}},
+            ADMIT_ROUTE: {"tiers": [TINY_TIER], "admission": {
+                "max_concurrency": ADMIT_CONCURRENCY, "max_queue": ADMIT_QUEUE, "queue_timeout_s": 30}},
         },
     }
 
@@ -201,7 +214,7 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
     config = {
         "version": 1,
         "ray": ray,
-        "gateway": {"host": "127.0.0.1", "port": gateway_port, "num_cpus": 0},
+        "gateway": {"host": "127.0.0.1", "port": gateway_port, "num_cpus": 0, "drain_timeout_s": 120},
         "engines": {
             TINY_ENGINE: {"model": "builtin:tiny-llama", **engine},
             SMOL_ENGINE: {"model": "builtin:smollm2-135m-instruct", **engine},

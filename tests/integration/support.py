@@ -29,6 +29,10 @@ SMOL_TIER, CLOUD_TIER, DEAD_TIER = "smol", "fake-cloud", "dead-cloud"
 CLOUD_PROVIDER, CLOUD_MODEL = "fake-openai", "fake-strong"
 CLOUD_KEY_ENV, CLOUD_KEY = "ITEST_CLOUD_KEY", "itest-secret-key"
 JSON_ROUTE, RESILIENT_ROUTE = "itest-json", "itest-resilient"
+# Load (test_11_load.py): SmolLM2 with a short time-to-first-token timeout, and tiny-llama with small admission bounds.
+PROGRESS_TIER, TINY_TIER = "smol-progress", "tiny"
+LOAD_ROUTE, ADMIT_ROUTE = "itest-load", "itest-admit"
+ADMIT_CONCURRENCY, ADMIT_QUEUE = 2, 1
 CITY_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "country": {"type": "string"}},

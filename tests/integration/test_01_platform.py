@@ -7,8 +7,10 @@ import openai
 import pytest
 
 from tests.integration.support import (
+    ADMIT_ROUTE,
     APP,
     JSON_ROUTE,
+    LOAD_ROUTE,
     RESILIENT_ROUTE,
     SMOL_ENGINE,
     SMOL_GROUP,
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 def test_models_lists_both_groups_and_the_routes(client: openai.OpenAI):
     models = {m.id: m for m in client.models.list()}
-    assert set(models) == {TINY_GROUP, SMOL_GROUP, JSON_ROUTE, RESILIENT_ROUTE}
+    assert set(models) == {TINY_GROUP, SMOL_GROUP, JSON_ROUTE, RESILIENT_ROUTE, LOAD_ROUTE, ADMIT_ROUTE}
     assert all(m.object == "model" for m in models.values())
     assert client.models.retrieve(SMOL_GROUP).id == SMOL_GROUP
     assert models[TINY_GROUP].model_extra["engines"] == [TINY_ENGINE]

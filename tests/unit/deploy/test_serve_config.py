@@ -68,3 +68,25 @@ def test_engine_builder_reports_bad_args_with_paths():
     with pytest.raises(ConfigError) as exc:
         engine_builder({"name": "x", "engine": {"model": "builtin:tiny-llama", "device": "cpu", "dtype": 3}})
     assert "dtype" in str(exc.value)
+
+
+def test_the_gateway_drains_on_stop_and_can_autoscale():
+    data = _cfg(a={"max_num_seqs": 8, "max_model_len": 1024})
+    sc = serve_config(parse_config(data))
+    [gw] = sc["applications"][0]["deployments"]
+    assert gw["num_replicas"] == 1 and gw["graceful_shutdown_timeout_s"] == 30.0
+    assert gw["graceful_shutdown_wait_loop_s"] == 1.0
+    assert gw["user_config"]["capacity"] == {"a": 8} and gw["user_config"]["context"] == {"a": 1024}
+    data["gateway"] = {"replicas": 2, "drain_timeout_s": 90,
+                       "autoscaling": {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 32}}
+    cfg = parse_config(data)
+    sc = serve_config(cfg)
+    ServeDeploySchema.model_validate(sc)
+    [gw] = sc["applications"][0]["deployments"]
+    assert "num_replicas" not in gw and gw["graceful_shutdown_timeout_s"] == 90
+    assert gw["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "initial_replicas": 2,
+                                        "target_ongoing_requests": 32}
+    assert cfg.gateway.admission_replicas == 2
+    data["gateway"]["autoscaling"] = {"min_replicas": 3, "max_replicas": 2}
+    with pytest.raises(ConfigError, match=r"gateway\.autoscaling"):
+        parse_config(data)
