@@ -141,6 +141,7 @@ class Pipeline:
         annotate(span, **{f"serving.{route.kind}": route.name, "serving.tenant": ctx.label, "serving.pin": pin})
         with tracing.stage("admit"):
             await self.admit(ctx, endpoint, route, parsed)
+            priority = self.priority(ctx, request)  # a bad header is a 400 whatever the cache or the bounds
         with tracing.stage("cache"):
             cached = await self.policy.cache_lookup(ctx, parsed.body, parsed.overrides,
                                                     request.headers.get("cache-control"))
@@ -150,7 +151,7 @@ class Pipeline:
             return self.cached(ctx, cached, route, endpoint, parsed)
         ctx.details = {route.kind: route.name}
         with tracing.stage("queue"):
-            if not await self.enqueue(request, ctx, route):
+            if not await self.enqueue(request, ctx, route, priority):
                 return Response(status_code=499)
         if route.kind == "model_group" and pin is None:
             self.shadow(route.name, endpoint, parsed.request)
@@ -194,14 +195,14 @@ class Pipeline:
         except PolicyError as exc:
             raise policy_error(exc) from None
 
-    async def enqueue(self, request: Request, ctx: RequestContext, route: Route) -> bool:
+    async def enqueue(self, request: Request, ctx: RequestContext, route: Route, priority: Priority) -> bool:
         """Take an admission slot for the request (`ctx.slot`), waiting a bounded time; a 429 in the envelope when
         refused, False if the client left while waiting."""
         limiter = self.admission.get(route.name)
         if limiter is None:
             return True
         try:
-            ctx.slot = await until_disconnect(request, limiter.acquire(ctx.tenant, self.priority(ctx, request)))
+            ctx.slot = await until_disconnect(request, limiter.acquire(ctx.tenant, priority))
         except Shed as exc:
             ms = max(1, round(exc.retry_after_s * 1000))
             raise APIError(429, str(exc), code=exc.reason, headers={

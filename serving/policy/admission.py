@@ -83,9 +83,10 @@ class Limiter:
     async def acquire(self, tenant: str, priority: Priority = "interactive") -> Slot:
         """A slot for one request, now or after a bounded wait; raises `Shed` when refused."""
         b = self.bounds
-        if self.in_flight < b.max_concurrency and not self._waiting_at_or_above(priority):
+        ahead = self._waiting_at_or_above(priority)
+        if self.in_flight < b.max_concurrency and not ahead:
             return self._take(tenant)
-        expected = self._expected_wait(self._waiting_at_or_above(priority) + 1)
+        expected = self._expected_wait(ahead + 1)
         if expected > b.queue_timeout_s:
             raise self._shed("queue_full", priority, f"its expected wait ({expected:.1f} s) is longer than "
                              f"{b.queue_timeout_s:g} s", expected)

@@ -1,10 +1,10 @@
 """Breaker state shared across gateway replicas: a tier one replica found dead is skipped by all.
 
-When a replica's breaker for a tier opens, it writes `<prefix>breaker:<tier>` (the wall-clock time it opens
-until, expiring with it) to the shared store; when it closes again the key is deleted. Every replica reads the
-keys of its tiers once per `interval_s` and opens its own breaker for the time left. Only openings travel: each
-replica still probes a half-open tier itself. The store being down costs nothing but the sharing (each replica's
-breakers keep working on their own).
+When a replica's breaker for a tier opens, its next sync (every `interval_s`) writes `<prefix>breaker:<tier>`
+(the wall-clock time it opens until, expiring with it) to the shared store; when it closes again the key is
+deleted. In the same sync every replica reads the keys of its tiers and opens its own breaker for the time left.
+Only openings travel: each replica still probes a half-open tier itself. The store being down costs nothing but
+the sharing (each replica's breakers keep working on their own).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from serving.routing.tiers import Tier
@@ -41,19 +41,16 @@ class BreakerBoard:
         self.interval_s = interval_s
         self.store: BreakerStore | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._changes: dict[str, float] = {}  # tier -> open until (wall clock; 0: closed), not yet published
 
     def set_store(self, store: BreakerStore | None) -> None:
         self.store = store
 
     def changed(self, tier: str, remaining_s: float) -> None:
-        """A local breaker opened (`remaining_s` > 0) or closed: tell the other replicas (in the background)."""
-        store = self.store
-        if store is None:
-            return
-        op = store.open_breaker(tier, time.time() + remaining_s) if remaining_s > 0 else store.close_breaker(tier)
-        self._background(op)
-        self.ensure_running()
+        """A local breaker opened (`remaining_s` > 0) or closed: the next sync tells the other replicas."""
+        if self.store is not None:
+            self._changes[tier] = time.time() + remaining_s if remaining_s > 0 else 0.0
+            self.ensure_running()
 
     def ensure_running(self) -> None:
         """Start the sync loop on the running event loop (once a store is set)."""
@@ -62,10 +59,21 @@ class BreakerBoard:
                 self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def sync(self) -> None:
-        """Open local breakers that another replica opened (raises if the store is down)."""
+        """Publish this replica's changes, then open local breakers that another replica opened (raises if the
+        store is down; unpublished changes are kept for the next sync)."""
         store = self.store
+        if store is None:
+            return
+        while self._changes:
+            tier, until = next(iter(self._changes.items()))
+            if until > time.time():
+                await store.open_breaker(tier, until)
+            elif until == 0.0:
+                await store.close_breaker(tier)
+            if self._changes.get(tier) == until:
+                del self._changes[tier]
         tiers = {name: t for name, t in self.tiers().items() if t.breaker is not None}
-        if store is None or not tiers:
+        if not tiers:
             return
         now = time.time()
         for name, until in (await store.breakers_open(list(tiers))).items():
@@ -81,19 +89,3 @@ class BreakerBoard:
                 await self.sync()
             except Exception as exc:  # the store is down: local breakers only, until it is back
                 logger.debug("breaker sync failed: %s", exc)
-
-    def _background(self, op: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await op
-            except Exception as exc:
-                logger.debug("breaker publish failed: %s", exc)
-
-        try:
-            task = asyncio.get_running_loop().create_task(run())
-        except RuntimeError:
-            if hasattr(op, "close"):
-                op.close()
-            return
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
