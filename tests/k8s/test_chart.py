@@ -769,3 +769,22 @@ def test_tracing_values_reach_the_gateway_config(helm: str) -> None:
         True, "grpc", "http://otel-collector.observability:4317", 0.25, "serving-gateway")
     bad = run_helm(helm, "template", "serving", str(CHART), "--set", "gateway.tracing.protocol=thrift", check=False)
     assert bad.returncode != 0 and "protocol" in bad.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["--set", "platform.gateway.drain_timeout_s=90"],
+    ["--set", "platform.gateway.autoscaling.min_replicas=2", "--set", "platform.gateway.autoscaling.max_replicas=5",
+     "--set", "platform.gateway.autoscaling.target_ongoing_requests=32", "--set", "platform.gateway.replicas=1"],
+])
+def test_gateway_scaling_and_drain_follow_the_platform(helm: str, overrides: list[str]) -> None:
+    """gateway.autoscaling and gateway.drain_timeout_s reach the gateway deployment as serve_config renders them."""
+    from serving.deploy.serve_config import gateway_deployment_options
+
+    docs = render(helm, "values-cpu-demo.yaml", *overrides)
+    config = serve_config(docs)
+    ServeDeploySchema.model_validate(config)
+    [gw] = config["applications"][0]["deployments"]
+    parsed = parse_config(config["applications"][0]["args"]["config"], "serveConfigV2 args.config")
+    want = gateway_deployment_options(parsed.gateway)
+    assert {k: gw.get(k) for k in want} == want
+    assert ("autoscaling_config" in gw) != ("num_replicas" in gw)

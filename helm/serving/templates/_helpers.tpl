@@ -379,7 +379,14 @@ livenessProbe:
 {{- if .Values.ray.gatewayWorkers.enabled }}
 {{- $_ := set $actor "num_cpus" 0 }}
 {{- end }}
-{{- $gateway := dict "name" "gateway" "num_replicas" (int (default 1 $gw.replicas)) "max_ongoing_requests" (int (default 1024 $gw.max_ongoing_requests)) "max_replicas_per_node" 1 "ray_actor_options" $actor }}
+{{- $gateway := dict "name" "gateway" "max_ongoing_requests" (int (default 1024 $gw.max_ongoing_requests)) "max_replicas_per_node" 1 "ray_actor_options" $actor "graceful_shutdown_timeout_s" (float64 (default 30 $gw.drain_timeout_s)) "graceful_shutdown_wait_loop_s" 1.0 }}
+{{- $replicas := int (default 1 $gw.replicas) }}
+{{- with $gw.autoscaling }}
+{{- $amin := int (default 1 .min_replicas) }}{{- $amax := int (default 4 .max_replicas) }}
+{{- $_ := set $gateway "autoscaling_config" (dict "min_replicas" $amin "max_replicas" $amax "initial_replicas" (min (max $replicas $amin) $amax) "target_ongoing_requests" (int (default 64 .target_ongoing_requests))) }}
+{{- else }}
+{{- $_ := set $gateway "num_replicas" $replicas }}
+{{- end }}
 {{- $apps := list (dict "name" $appName "import_path" "serving.app:gateway_builder" "route_prefix" (default "/" $gw.route_prefix) "args" (dict "config" $platform) "deployments" (list $gateway)) }}
 {{- range $name, $engine := $platform.engines }}
 {{- $r := default dict $engine.replicas }}
