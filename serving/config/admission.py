@@ -32,6 +32,15 @@ class AdmissionConfig(StrictModel):
     max_queue: int | None = Field(
         None, ge=0, description="Requests waiting for a slot (0: none wait). Default: max_concurrency.",
     )
+    tenant_headroom: int = Field(
+        1, ge=0,
+        description=(
+            "Slots one tenant may not take while other tenants are active (had a request within "
+            "`tenant_window_s`): this many per other tenant, at most a quarter of max_concurrency, so a tenant's "
+            "burst leaves a slot free for the others' next request. 0: a tenant may take every slot."
+        ),
+    )
+    tenant_window_s: float = Field(10.0, gt=0, description="How long a tenant counts as active after a request.")
     queue_timeout_s: float = Field(
         10.0, gt=0,
         description=(

@@ -3,10 +3,12 @@
 A request takes a slot (`Limiter.acquire`) before any engine work and gives it back when it is complete (its
 stream included). Without a free slot it waits in the queue, ordered by priority class (`interactive` before
 `batch`) and, within a class, shared fairly between tenants: the next slot goes to the waiting tenant with the
-fewest requests in flight. It is refused with a `Shed` (a 429) at once when the queue is full or its expected wait
-is longer than `queue_timeout_s`, or after waiting that long. A full queue makes room for a request of a higher
-class, or of a tenant with fewer waiting requests than the heaviest one, by refusing that class's or tenant's
-newest waiter: one tenant's burst cannot fill the queue against the others.
+fewest requests in flight, and while other tenants are active no tenant takes the last `tenant_headroom` slots
+per other tenant, so another tenant's next request finds one free instead of waiting behind a burst. It is
+refused with a `Shed` (a 429) at once when the queue is full or its expected wait is longer than
+`queue_timeout_s`, or after waiting that long. A full queue makes room for a request of a higher class, or of a
+tenant with fewer waiting requests than the heaviest one, by refusing that class's or tenant's newest waiter:
+one tenant's burst cannot fill the queue against the others.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Bounds:
     max_concurrency: int
     max_queue: int
     queue_timeout_s: float
+    tenant_headroom: int = 0
+    tenant_window_s: float = 10.0
 
 
 class Limiter:
@@ -77,14 +81,16 @@ class Limiter:
         self.queues: dict[Priority, dict[str, deque[Waiter]]] = {p: {} for p in PRIORITIES}
         self.waiting = 0
         self.hold_s: float | None = None  # mean time a slot is held (EWMA), once one was released
+        self.seen: dict[str, float] = {}  # tenant -> when it last asked for a slot
 
     # ------------------------------------------------------------------------------------------- public
 
     async def acquire(self, tenant: str, priority: Priority = "interactive") -> Slot:
         """A slot for one request, now or after a bounded wait; raises `Shed` when refused."""
         b = self.bounds
+        self._saw(tenant)
         ahead = self._waiting_at_or_above(priority)
-        if self.in_flight < b.max_concurrency and not ahead:
+        if self.in_flight < b.max_concurrency and not ahead and self._may_take(tenant):
             return self._take(tenant)
         expected = self._expected_wait(ahead + 1)
         if expected > b.queue_timeout_s:
@@ -136,13 +142,36 @@ class Limiter:
         self._hand_out()
         self._gauges()
 
+    def _saw(self, tenant: str) -> None:
+        now = time.monotonic()
+        self.seen[tenant] = now
+        if len(self.seen) > 64:  # forget tenants idle for longer than the window
+            horizon = now - self.bounds.tenant_window_s
+            self.seen = {t: at for t, at in self.seen.items() if at >= horizon}
+
+    def _cap(self, tenant: str) -> int:
+        """Slots `tenant` may hold now: all of them, less the headroom kept for the other active tenants."""
+        b = self.bounds
+        if not b.tenant_headroom:
+            return b.max_concurrency
+        horizon = time.monotonic() - b.tenant_window_s
+        others = sum(1 for t, at in self.seen.items() if t != tenant and (at >= horizon or self.tenant_in_flight[t]))
+        return b.max_concurrency - min(others * b.tenant_headroom, b.max_concurrency // 4)
+
+    def _may_take(self, tenant: str) -> bool:
+        return self.tenant_in_flight[tenant] < self._cap(tenant)
+
     def _hand_out(self) -> None:
-        """Give free slots to waiters: highest class first, then the tenant with the fewest in flight."""
+        """Give free slots to waiters: highest class first, then the tenant with the fewest in flight, skipping
+        tenants at their cap (the slot stays free for another tenant's request)."""
         while self.in_flight < self.bounds.max_concurrency and self.waiting:
+            tenants: dict[str, deque[Waiter]] = {}
             for priority in PRIORITIES:
-                tenants = self.queues[priority]
+                tenants = {t: q for t, q in self.queues[priority].items() if self._may_take(t)}
                 if tenants:
                     break
+            if not tenants:
+                return
             tenant = min(tenants, key=lambda t: (self.tenant_in_flight[t], tenants[t][0].since))
             waiter = self._pop(priority, tenant, newest=False)
             if waiter.future.done():  # cancelled (its client left, or it timed out) but not yet removed
@@ -199,8 +228,10 @@ class Limiter:
                                                self._expected_wait(self.waiting + 1)))
 
     def _waiting_at_or_above(self, priority: Priority) -> int:
+        """Waiters of this class or higher that a free slot could go to (tenants at their cap wait for their own
+        slots to come back)."""
         rank = PRIORITIES.index(priority)
-        return sum(len(q) for p in PRIORITIES[:rank + 1] for q in self.queues[p].values())
+        return sum(len(q) for p in PRIORITIES[:rank + 1] for t, q in self.queues[p].items() if self._may_take(t))
 
     def _expected_wait(self, position: int) -> float:
         """Expected seconds until the `position`-th waiter gets a slot: slots come free at `max_concurrency` per
@@ -250,4 +281,4 @@ def bounds_for(cfg: AdmissionConfig, capacity: int, gateway_replicas: int) -> Bo
         return None
     concurrency = cfg.max_concurrency or max(1, math.ceil(capacity / max(1, gateway_replicas)))
     queue = concurrency if cfg.max_queue is None else cfg.max_queue
-    return Bounds(concurrency, queue, cfg.queue_timeout_s)
+    return Bounds(concurrency, queue, cfg.queue_timeout_s, cfg.tenant_headroom, cfg.tenant_window_s)

@@ -36,6 +36,7 @@ from tests.integration.support import (
     APP,
     AUDIT_FILE,
     CACHED_TENANT,
+    CHAOS_CLOUD_ROUTE,
     CITY_SCHEMA,
     CLOUD_KEY,
     CLOUD_KEY_ENV,
@@ -44,6 +45,10 @@ from tests.integration.support import (
     CLOUD_REPLY,
     CLOUD_TIER,
     DEAD_TIER,
+    FAILOVER_ROUTE,
+    FAILOVER_TIER,
+    FLAKY_PROVIDER,
+    FLAKY_TIER,
     JSON_ROUTE,
     LIMITED_RPM,
     LIMITED_TENANT,
@@ -63,6 +68,7 @@ from tests.integration.support import (
     TINY_TIER,
     Stack,
 )
+from tests.support.chaos_proxy import ChaosProxy
 from tests.support.redis_server import RedisServer
 
 logger = logging.getLogger("serving.itest")
@@ -152,7 +158,7 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
-def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
+def _routing(cloud_port: int, dead_port: int, flaky_port: int) -> dict[str, Any]:
     """Providers, tiers and routes of the session: SmolLM2 first, a fake cloud (tests/support/fake_clouds.py) next."""
     fast = {"attempts": 2, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "jitter_s": 0.05}
     return {
@@ -160,6 +166,8 @@ def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
             CLOUD_PROVIDER: {"kind": "openai", "base_url": f"http://127.0.0.1:{cloud_port}/v1",
                              "api_key_env": CLOUD_KEY_ENV},
             "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{dead_port}/v1", "api_key_env": CLOUD_KEY_ENV},
+            FLAKY_PROVIDER: {"kind": "openai", "base_url": f"http://127.0.0.1:{flaky_port}/v1",
+                             "api_key_env": CLOUD_KEY_ENV},
         },
         "tiers": {
             SMOL_TIER: {"model_group": SMOL_GROUP, "timeout_s": 120,
@@ -172,12 +180,19 @@ def _routing(cloud_port: int, dead_port: int) -> dict[str, Any]:
             PROGRESS_TIER: {"model_group": SMOL_GROUP, "ttft_timeout_s": 10, "stall_timeout_s": 10,
                             "breaker": {"failure_threshold": 2, "cooldown_s": 60}},
             TINY_TIER: {"model_group": TINY_GROUP, "retry": {"attempts": 1}},
+            # chaos: a cloud that fails in every way a network can, and a local tier whose replica gets killed
+            FLAKY_TIER: {"provider": FLAKY_PROVIDER, "model": CLOUD_MODEL, "ttft_timeout_s": 2, "stall_timeout_s": 2,
+                         "retry": fast, "breaker": {"failure_threshold": 3, "cooldown_s": 5}},
+            FAILOVER_TIER: {"model_group": TINY_GROUP, "ttft_timeout_s": 5, "stall_timeout_s": 5,
+                            "retry": {"attempts": 1}, "breaker": {"failure_threshold": 3, "cooldown_s": 5}},
         },
         "routes": {
             JSON_ROUTE: {"tiers": [SMOL_TIER, CLOUD_TIER], "on_exhausted": "error",
                          "gates": {"json": {"required": True, "schema": CITY_SCHEMA}}},
             RESILIENT_ROUTE: {"tiers": [DEAD_TIER, SMOL_TIER]},
             LOAD_ROUTE: {"tiers": [PROGRESS_TIER], "gates": {"empty": {}}},
+            CHAOS_CLOUD_ROUTE: {"tiers": [FLAKY_TIER, TINY_TIER]},
+            FAILOVER_ROUTE: {"tiers": [FAILOVER_TIER, SMOL_TIER]},
             ADMIT_ROUTE: {"tiers": [TINY_TIER], "admission": {
                 "max_concurrency": ADMIT_CONCURRENCY, "max_queue": ADMIT_QUEUE, "queue_timeout_s": 30}},
         },
@@ -204,7 +219,7 @@ def _tenants() -> dict[str, Any]:
 
 
 def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int,
-                  redis_url: str) -> None:
+                  flaky_port: int, redis_url: str) -> None:
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
     # 8 logical CPUs (on a 2-core box): two engines, the gateway and a rollout's challenger engine all fit
     ray: dict[str, Any] = {"num_cpus": 8, "app_name": APP, "metrics_export_port": metrics_port,
@@ -223,7 +238,7 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
             TINY_GROUP: {"engines": [TINY_ENGINE]},
             SMOL_GROUP: {"engines": [SMOL_ENGINE]},
         },
-        **_routing(cloud_port, dead_port),
+        **_routing(cloud_port, dead_port, flaky_port),
         "rollout": _rollout(path.parent),
         "policies": {**_policies(redis_url), "audit": {"path": str(path.parent / AUDIT_FILE)}},
     }
@@ -264,7 +279,29 @@ def _serving_down(env: dict[str, str], log: Path) -> None:
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def redis_server() -> Iterator[RedisServer]:
+    """The session's Redis (policies, breaker board): test_zz_chaos.py kills and restarts it on the same port."""
+    redis = RedisServer().start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="package")
+def flaky_proxy() -> Iterator[ChaosProxy]:
+    """The TCP fault proxy in front of the flaky fake cloud (started by `stack`, which points it upstream)."""
+    taken: set[int] = set()
+    proxy = ChaosProxy(upstream_port=_free_port(taken), port=_free_port(taken)).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
+          flaky_proxy: ChaosProxy) -> Iterator[Stack]:
     """The platform, up: two CPU engines behind the gateway, on free ports, with its own CLI state dir."""
     tmp = tmp_path_factory.mktemp("serving-itest")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never a developer's cluster
@@ -280,14 +317,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytrace=False,
         )
 
-    taken: set[int] = set()
+    taken: set[int] = {flaky_proxy.port, flaky_proxy.upstream[1]}
     gateway_port, metrics_port = _free_port(taken), _free_port(taken)
     cloud_port, dead_port = _free_port(taken), _free_port(taken)  # nothing ever listens on dead_port
     config, log = tmp / "platform.yaml", tmp / "serving.log"
-    redis = RedisServer().start()
-    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port, redis.url)
+    flaky_port = flaky_proxy.upstream[1]
+    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port, flaky_proxy.port, redis_server.url)
     stack = Stack(f"http://127.0.0.1:{gateway_port}", config, metrics_port, env, log,
-                  cloud_url=f"http://127.0.0.1:{cloud_port}")
+                  cloud_url=f"http://127.0.0.1:{cloud_port}", flaky_url=f"http://127.0.0.1:{flaky_port}")
     logger.info("starting the stack: %s (log: %s)", config, log)
 
     proc: subprocess.Popen[str] | None = None
@@ -295,6 +332,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         [PYTHON, "-m", "tests.support.fake_clouds", "openai", "--port", str(cloud_port), "--api-key", CLOUD_KEY,
          "--reply", CLOUD_REPLY],
         cwd=ROOT, env=env, stdout=(tmp / "fake-cloud.log").open("w"), stderr=subprocess.STDOUT,
+    )
+    flaky = subprocess.Popen(
+        [PYTHON, "-m", "tests.support.fake_clouds", "openai", "--port", str(flaky_port), "--api-key", CLOUD_KEY,
+         "--reply", CLOUD_REPLY],
+        cwd=ROOT, env=env, stdout=(tmp / "flaky-cloud.log").open("w"), stderr=subprocess.STDOUT,
     )
     try:
         t0 = time.monotonic()
@@ -314,9 +356,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         logger.info("stack up in %.0f s at %s", time.monotonic() - t0, stack.url)
         yield stack
     finally:
-        cloud.kill()
-        cloud.wait()
-        redis.stop()
+        for fake in (cloud, flaky):
+            fake.kill()
+            fake.wait()
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

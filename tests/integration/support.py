@@ -33,6 +33,10 @@ JSON_ROUTE, RESILIENT_ROUTE = "itest-json", "itest-resilient"
 PROGRESS_TIER, TINY_TIER = "smol-progress", "tiny"
 LOAD_ROUTE, ADMIT_ROUTE = "itest-load", "itest-admit"
 ADMIT_CONCURRENCY, ADMIT_QUEUE = 2, 1
+# Chaos (test_zz_chaos.py): a second fake cloud behind a TCP fault proxy (tests/support/chaos_proxy.py) first, then
+# tiny-llama; and tiny-llama with short progress timeouts first, then SmolLM2.
+FLAKY_PROVIDER, FLAKY_TIER, CHAOS_CLOUD_ROUTE = "flaky-openai", "flaky-cloud", "itest-chaos-cloud"
+FAILOVER_TIER, FAILOVER_ROUTE = "tiny-failover", "itest-failover"
 CITY_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
@@ -58,6 +62,7 @@ class Stack:
     env: dict[str, str]
     log: Path
     cloud_url: str = ""  # the fake cloud's root URL (scripted over HTTP: /_fake/script, /_fake/requests)
+    flaky_url: str = ""  # the flaky fake cloud's root URL (the gateway reaches it through the chaos proxy)
 
     def cli(self, *args: str, timeout: float = 180,
             env_override: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -136,6 +136,42 @@ async def test_a_flooding_tenant_cannot_fill_the_queue_against_another() -> None
         t.cancel()
 
 
+async def test_a_burst_leaves_headroom_for_another_active_tenant() -> None:
+    lim = Limiter("g", Bounds(8, 16, 5.0, tenant_headroom=1, tenant_window_s=60))
+    quiet = await lim.acquire("quiet")
+    quiet.release()  # quiet is active (seen within the window), holding nothing
+    flood = [await lim.acquire("flood") for _ in range(7)]
+    eighth = asyncio.create_task(lim.acquire("flood"))
+    await settle()
+    assert lim.in_flight == 7 and not eighth.done()  # the last slot is kept for quiet
+    start = time.perf_counter()
+    mine = await lim.acquire("quiet")
+    assert time.perf_counter() - start < 0.05 and lim.in_flight == 8  # no wait behind the burst
+    mine.release()
+    assert not eighth.done()  # the kept slot is not handed to the capped tenant
+    flood[0].release()
+    await asyncio.wait_for(eighth, 1)  # its own release makes room under its cap
+    for s in flood[1:]:
+        s.release()
+
+
+async def test_a_lone_tenant_may_take_every_slot() -> None:
+    lim = Limiter("g", Bounds(4, 4, 5.0, tenant_headroom=1, tenant_window_s=0.05))
+    (await lim.acquire("quiet")).release()
+    await asyncio.sleep(0.1)  # quiet is no longer active
+    slots = [await asyncio.wait_for(lim.acquire("flood"), 0.5) for _ in range(4)]
+    assert lim.in_flight == 4
+    for s in slots:
+        s.release()
+
+
+def test_headroom_is_at_most_a_quarter_of_the_slots() -> None:
+    lim = Limiter("g", Bounds(8, 0, 5.0, tenant_headroom=3, tenant_window_s=60))
+    for t in ("a", "b", "c", "d"):
+        lim._saw(t)
+    assert lim._cap("a") == 6  # 3 others x 3 slots, capped at 8 // 4
+
+
 def test_default_bounds_come_from_the_engines_capacity_and_the_gateway_replicas() -> None:
     from serving.config import EngineConfig
 
@@ -145,8 +181,9 @@ def test_default_bounds_come_from_the_engines_capacity_and_the_gateway_replicas(
     gpu = EngineConfig.model_validate({"model": "builtin:tiny-llama", "device": "gpu"})
     assert engine_capacity(gpu) == 256  # vLLM's own default
     b = bounds_for(AdmissionConfig(), 24, gateway_replicas=2)
-    assert b == Bounds(12, 12, 10.0)
-    assert bounds_for(AdmissionConfig(max_concurrency=4, max_queue=0), 24, 2) == Bounds(4, 0, 10.0)
+    assert b == Bounds(12, 12, 10.0, tenant_headroom=1)
+    assert bounds_for(AdmissionConfig(max_concurrency=4, max_queue=0, tenant_headroom=0), 24, 2) == \
+        Bounds(4, 0, 10.0)
     assert bounds_for(AdmissionConfig(enabled=False), 24, 1) is None
 
 
