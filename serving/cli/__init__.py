@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from serving.cli import admin, models, platform, rollout
+from serving.cli import admin, models, node, platform, rollout
 
 __all__ = ["build_parser", "main"]
 
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `serving` argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="serving", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (platform, models, rollout, admin):
+    for module in (platform, models, rollout, admin, node):
         module.add_parsers(sub)
     return p
 

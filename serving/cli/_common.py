@@ -41,7 +41,7 @@ def ray_env(cfg: PlatformConfig | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if cfg is not None:
-        env.update(cfg.ray.cluster_env())
+        env.update(cfg.cluster_env())
     return env
 
 

@@ -135,7 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if errors:
         raise SystemExit("[serving] " + "; ".join(errors))
     # Serve reads its feature flags at import time, in this driver as in the cluster's processes.
-    os.environ.update(cfg.ray.cluster_env())
+    os.environ.update(cfg.cluster_env())
     from serving.deploy import ray_serve
     from serving.deploy.serve_config import serve_config
 

@@ -6,6 +6,7 @@ live in their own modules: engines and model groups, routing, tenants, policies,
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -143,6 +144,8 @@ class RayConfig(StrictModel):
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+HAPROXY_HARD_STOP_AFTER_S = 120
+"""Ray Serve's default for RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S."""
 
 
 class PlatformConfig(StrictModel):
@@ -165,6 +168,17 @@ class PlatformConfig(StrictModel):
     policies: PoliciesConfig = Field(
         default_factory=PoliciesConfig, description="API keys, limits, budgets, cache, PII, audit (docs/policies.md)."
     )
+
+    def cluster_env(self) -> dict[str, str]:
+        """Environment the Ray cluster processes need (set before `ray start`): the Ray settings', and with the
+        HAProxy ingress a hard-stop-after long enough that a reloaded HAProxy does not cut the connections of
+        streams a stopping gateway replica is still draining (the gateway's `drain_timeout_s` plus 30 s, at least
+        Ray's default of 120 s); `ray.env` overrides both."""
+        env = self.ray.cluster_env()
+        if self.ray.serve_ingress == "haproxy":
+            hard_stop = max(HAPROXY_HARD_STOP_AFTER_S, math.ceil(self.gateway.drain_timeout_s) + 30)
+            env = {**env, "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(hard_stop), **self.ray.env}
+        return env
 
     @field_validator("engines", "model_groups", "providers", "tiers", "routes", "tenants")
     @classmethod

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.config import EngineConfig, RayConfig, parse_config
+from serving.config import EngineConfig, parse_config
 from serving.deploy.serve_config import serve_config as python_serve_config
 
 pytestmark = pytest.mark.k8s
@@ -273,13 +273,19 @@ def test_70b_preset_sizing_from_the_catalog() -> None:
     assert total / tp <= GPU_MEMORY_GIB[gpu] * DEFAULT_GPU_MEMORY_UTILIZATION
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ([], RayConfig().cluster_env()),
+@pytest.mark.parametrize(("overrides", "ray", "drain_timeout_s"), [
+    ([], {}, 30.0),
     (["--set", "platform.ray.serve_ingress=proxy", "--set", "platform.ray.throughput_optimized=false"],
-     RayConfig(serve_ingress="proxy", throughput_optimized=False).cluster_env()),
+     {"serve_ingress": "proxy", "throughput_optimized": False}, 30.0),
+    (["--set", "platform.gateway.drain_timeout_s=300"], {}, 300.0),
 ])
-def test_ray_env_matches_cluster_env(helm: str, overrides: list[str], expected: dict[str, str]) -> None:
+def test_ray_env_matches_cluster_env(helm: str, overrides: list[str], ray: dict[str, Any],
+                                     drain_timeout_s: float) -> None:
     docs = render(helm, "values-cpu-demo.yaml", *overrides)
+    platform = expected_platform("values-cpu-demo.yaml")
+    platform["ray"] = {**platform.get("ray", {}), **ray}
+    platform["gateway"] = {**platform.get("gateway", {}), "drain_timeout_s": drain_timeout_s}
+    expected = parse_config(platform).cluster_env()
     for name, pod in pod_specs(docs).items():
         if not name.startswith("ray-"):
             continue
@@ -788,3 +794,25 @@ def test_gateway_scaling_and_drain_follow_the_platform(helm: str, overrides: lis
     want = gateway_deployment_options(parsed.gateway)
     assert {k: gw.get(k) for k in want} == want
     assert ("autoscaling_config" in gw) != ("num_replicas" in gw)
+
+
+@pytest.mark.parametrize(("overrides", "drain"), [
+    ([], 30), (["--set", "platform.gateway.drain_timeout_s=300"], 300),
+])
+def test_worker_pods_drain_their_replicas_before_ray_stops(helm: str, overrides: list[str], drain: int) -> None:
+    """A deleted worker pod runs `serving drain-node` (Ray's drain; the node's Serve replicas finish their
+    requests) with a deadline past the gateway's drain timeout and inside the pod's grace period; the old cluster
+    of a NewCluster upgrade lives at least that long."""
+    docs = render(helm, "values-cpu-demo.yaml", "--set", "ray.gatewayWorkers.enabled=true", *overrides)
+    pods = {name: pod for name, pod in pod_specs(docs).items() if name.startswith("ray-")}
+    assert "ray-head" in pods and "ray-gateway" in pods and len(pods) >= 3, set(pods)
+    for name, pod in pods.items():
+        command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        if name == "ray-head":
+            assert command == ["/bin/sh", "-c", "ray stop"]
+            continue
+        assert command[:3] == ["serving", "drain-node", "--deadline-s"], name
+        deadline = float(command[3])
+        assert drain < deadline < pod["terminationGracePeriodSeconds"], (name, deadline)
+    rayservice = one(docs, "RayService")
+    assert rayservice["spec"]["rayClusterDeletionDelaySeconds"] >= drain

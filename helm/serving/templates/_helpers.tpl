@@ -218,6 +218,8 @@ serving.dev/platform-client: "true"
 {{- $env := dict "RAY_USAGE_STATS_ENABLED" "0" -}}
 {{- if eq (default "haproxy" $ray.serve_ingress) "haproxy" -}}
 {{- $_ := set $env "RAY_SERVE_ENABLE_HA_PROXY" "1" -}}
+{{- $gw := default dict $platform.gateway -}}
+{{- $_ := set $env "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S" (toString (max 120 (add (int (ceil (float64 (default 30 $gw.drain_timeout_s)))) 30))) -}}
 {{- end -}}
 {{- if or (not (hasKey $ray "throughput_optimized")) $ray.throughput_optimized -}}
 {{- $_ := set $env "RAY_SERVE_THROUGHPUT_OPTIMIZED" "1" -}}
@@ -261,6 +263,7 @@ topologySpreadConstraints:
 {{- end }}
 securityContext:
   {{- toYaml .Values.ray.podSecurityContext | nindent 2 }}
+terminationGracePeriodSeconds: {{ add (include "serving.drainDeadline" .) 30 }}
 volumes:
   - name: model-cache
     {{- if eq .Values.modelCache.type "pvc" }}
@@ -312,10 +315,28 @@ volumeMounts:
   {{- with .Values.ray.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/* How long a worker pod drains before it stops: the gateway's drain_timeout_s plus 30 s for Serve to move the
+     node's replicas (serving.rayLifecycle), and the pod's grace period past that. */}}
+{{- define "serving.drainDeadline" -}}
+{{- $gw := default dict (include "serving.platform" . | fromYaml).gateway -}}
+{{- add (int (ceil (float64 (default 30 $gw.drain_timeout_s)))) 30 -}}
+{{- end }}
+
+{{/* The Ray containers' preStop: include "serving.rayLifecycle" (list . "head"|"worker"). A worker drains its node
+     first (`serving drain-node`: Ray's drain API, then it waits for the node's Serve replicas to finish their
+     requests) and stops Ray last; the head stops Ray. */}}
+{{- define "serving.rayLifecycle" -}}
+{{- $root := index . 0 -}}
 lifecycle:
   preStop:
     exec:
+      {{- if eq (index . 1) "worker" }}
+      command: ["serving", "drain-node", "--deadline-s", "{{ include "serving.drainDeadline" $root }}"]
+      {{- else }}
       command: ["/bin/sh", "-c", "ray stop"]
+      {{- end }}
 {{- end }}
 
 {{- define "serving.controllerServiceAccount" -}}
