@@ -83,14 +83,16 @@ INGRESS_ENV = "SERVING_ITEST_SERVE_INGRESS"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that break the stack (modules named `test_zz_*`) run after the other integration tests."""
+    """Tests that break the stack (modules named `test_zz_*`) run after the other integration tests, in the order
+    of their module names (test_zzz_* last)."""
     here = Path(__file__).parent
-    last = [i.path.parent == here and i.path.name.startswith("test_zz_") for i in items]
+    last = [i.path.parent == here and i.path.name.startswith("test_zz") for i in items]
     if not any(last):
         return
     rest = [i for i, z in zip(items, last, strict=True) if not z]
     end = max((k + 1 for k, i in enumerate(rest) if i.path.parent == here), default=len(rest))
-    items[:] = rest[:end] + [i for i, z in zip(items, last, strict=True) if z] + rest[end:]
+    breaking = sorted((i for i, z in zip(items, last, strict=True) if z), key=lambda i: i.path.name)  # stable
+    items[:] = rest[:end] + breaking + rest[end:]
 
 
 def _free_port(taken: set[int]) -> int:
@@ -223,7 +225,10 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
     # 8 logical CPUs (on a 2-core box): two engines, the gateway and a rollout's challenger engine all fit
     ray: dict[str, Any] = {"num_cpus": 8, "app_name": APP, "metrics_export_port": metrics_port,
-                           "env": {CLOUD_KEY_ENV: CLOUD_KEY, "SERVING_ADMIN_KEY": ADMIN_KEY}}
+                           "env": {CLOUD_KEY_ENV: CLOUD_KEY, "SERVING_ADMIN_KEY": ADMIN_KEY,
+                                   # a stopping gateway replica stays reachable 5 s (Ray's default: 30) before it
+                                   # closes its listener and drains what is in flight (test_zzz_drain.py)
+                                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}}
     if os.environ.get(INGRESS_ENV):
         ray["serve_ingress"] = os.environ[INGRESS_ENV]
     config = {
