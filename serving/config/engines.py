@@ -30,13 +30,32 @@ class ReplicaSpec(StrictModel):
 
     min: int = Field(1, ge=0)
     max: int = Field(1, ge=1)
-    target_ongoing_requests: int = Field(16, ge=1, description="Autoscaling target per replica.")
+    target_ongoing_requests: int = Field(
+        16, ge=1, description="Autoscaling target: requests in flight or queued per replica that Serve scales to.",
+    )
+    upscale_delay_s: float | None = Field(
+        None, ge=0, description="Load above the target this long adds replicas (Serve's default: 30 s).",
+    )
+    downscale_delay_s: float | None = Field(
+        None, ge=0, description="Load below the target this long removes replicas (Serve's default: 600 s).",
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ReplicaSpec:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
         return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Serve deployment options: a fixed `num_replicas`, or an `autoscaling_config` when min != max."""
+        if self.min == self.max:
+            return {"num_replicas": self.min}
+        scaling: dict[str, Any] = {"min_replicas": self.min, "max_replicas": self.max,
+                                   "target_ongoing_requests": self.target_ongoing_requests}
+        for key in ("upscale_delay_s", "downscale_delay_s"):
+            if getattr(self, key) is not None:
+                scaling[key] = getattr(self, key)
+        return {"autoscaling_config": scaling}
 
 
 class EngineConfig(StrictModel):

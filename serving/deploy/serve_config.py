@@ -71,11 +71,7 @@ def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
 
 def engine_deployment_options(engine: EngineConfig) -> dict[str, Any]:
     """Serve options of an engine's deployment: a fixed `num_replicas`, or `autoscaling_config` (min != max)."""
-    r = engine.replicas
-    if r.min == r.max:
-        return {"num_replicas": r.min}
-    return {"autoscaling_config": {"min_replicas": r.min, "max_replicas": r.max,
-                                   "target_ongoing_requests": r.target_ongoing_requests}}
+    return engine.replicas.serve_options()
 
 
 def gateway_deployment_options(gw: GatewayConfig) -> dict[str, Any]:

@@ -86,17 +86,7 @@ def llm_config_dict(name: str, engine: EngineConfig, model_path: str, extra_kwar
     kwargs = engine_kwargs(engine)
     for key, value in extra_kwargs.items():
         kwargs.setdefault(key, value)
-    replicas = engine.replicas
-    if replicas.min == replicas.max:
-        deployment: dict[str, Any] = {"num_replicas": replicas.min}
-    else:
-        deployment = {
-            "autoscaling_config": {
-                "min_replicas": replicas.min,
-                "max_replicas": replicas.max,
-                "target_ongoing_requests": replicas.target_ongoing_requests,
-            }
-        }
+    deployment = engine.replicas.serve_options()
     cfg: dict[str, Any] = {
         "model_loading_config": {"model_id": name, "model_source": model_path},
         "engine_kwargs": kwargs,

@@ -816,3 +816,22 @@ def test_worker_pods_drain_their_replicas_before_ray_stops(helm: str, overrides:
         assert drain < deadline < pod["terminationGracePeriodSeconds"], (name, deadline)
     rayservice = one(docs, "RayService")
     assert rayservice["spec"]["rayClusterDeletionDelaySeconds"] >= drain
+
+
+def test_engine_autoscaling_follows_the_platform(helm: str) -> None:
+    """An autoscaled engine's Serve options (target, scale-up and scale-down delays) render as serve_config makes
+    them."""
+    engine = next(iter(expected_platform("values-cpu-demo.yaml")["engines"]))
+    docs = render(helm, "values-cpu-demo.yaml", *[
+        a for k, v in {"min": 1, "max": 3, "target_ongoing_requests": 4, "upscale_delay_s": 5,
+                       "downscale_delay_s": 60}.items()
+        for a in ("--set", f"platform.engines.{engine}.replicas.{k}={v}")])
+    config = serve_config(docs)
+    ServeDeploySchema.model_validate(config)
+    parsed = parse_config(config["applications"][0]["args"]["config"], "serveConfigV2 args.config")
+    [app] = [a for a in config["applications"] if a["import_path"] == "serving.app:engine_builder"
+             and a["args"]["name"] == engine]
+    [dep] = app["deployments"]
+    assert dep["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4,
+                                         "upscale_delay_s": 5.0, "downscale_delay_s": 60.0}
+    assert {k: v for k, v in dep.items() if k != "name"} == parsed.engines[engine].replicas.serve_options()

@@ -417,7 +417,9 @@ livenessProbe:
 {{- if eq $min $max }}
 {{- $_ := set $dep "num_replicas" $min }}
 {{- else }}
-{{- $_ := set $dep "autoscaling_config" (dict "min_replicas" $min "max_replicas" $max "target_ongoing_requests" (int (default 16 $r.target_ongoing_requests))) }}
+{{- $scaling := dict "min_replicas" $min "max_replicas" $max "target_ongoing_requests" (int (default 16 $r.target_ongoing_requests)) }}
+{{- range $key := list "upscale_delay_s" "downscale_delay_s" }}{{- if hasKey $r $key }}{{- $_ := set $scaling $key (float64 (index $r $key)) }}{{- end }}{{- end }}
+{{- $_ := set $dep "autoscaling_config" $scaling }}
 {{- end }}
 {{- $apps = append $apps (dict "name" (printf "%s-engine-%s" $appName $name) "import_path" "serving.app:engine_builder" "route_prefix" nil "args" (dict "name" $name "engine" $engine) "deployments" (list $dep)) }}
 {{- end }}
