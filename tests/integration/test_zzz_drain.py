@@ -24,13 +24,15 @@ CHUNK_DELAY_S = 0.25
 MIN_DRAINING_S = 5  # the session's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (conftest)
 
 
-def _created(http: httpx.Client) -> int:
-    return int(http.get("/v1/models").json()["data"][0]["created"])
+def _created(url: str) -> int:
+    """The `created` time of the replica that answers a new connection (each replica has its own): a kept-alive
+    connection stays with the HAProxy process, and so the replica, it was opened on."""
+    with httpx.Client(base_url=url, timeout=60) as fresh:
+        return int(fresh.get("/v1/models").json()["data"][0]["created"])
 
 
 def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(stack: Stack, tmp_path: Any) -> None:
-    http = httpx.Client(base_url=stack.url, timeout=60)
-    before = _created(http)
+    before = _created(stack.url)
     httpx.post(f"{stack.flaky_url}/_fake/script", timeout=10, json={
         "default": f"chunk_delay:{CHUNK_DELAY_S}", "reply": " ".join(["word"] * (STREAM_TOKENS + 20))},
     ).raise_for_status()
@@ -80,7 +82,7 @@ def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(sta
         up = stack.cli("up", "--config", str(changed), timeout=600)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         deadline = time.monotonic() + 180
-        while _created(http) == before:  # the new replica answers
+        while _created(stack.url) == before:  # the new replica answers new connections
             assert time.monotonic() < deadline, "the gateway replica was not replaced"
             time.sleep(1)
         replaced = time.monotonic()
@@ -88,7 +90,6 @@ def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(sta
     finally:
         stop.set()
         caller.join(120)
-        http.close()
         httpx.post(f"{stack.flaky_url}/_fake/reset", timeout=10)
     assert stream.get("status") == 200 and stream["tier"] == FLAKY_TIER, stream.get("tier")
     chunks = sse_chunks(stream["body"])
