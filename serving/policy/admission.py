@@ -280,5 +280,5 @@ def bounds_for(cfg: AdmissionConfig, capacity: int, gateway_replicas: int) -> Bo
     if not cfg.enabled:
         return None
     concurrency = cfg.max_concurrency or max(1, math.ceil(capacity / max(1, gateway_replicas)))
-    queue = concurrency if cfg.max_queue is None else cfg.max_queue
+    queue = max(1, math.ceil(concurrency / 4)) if cfg.max_queue is None else cfg.max_queue
     return Bounds(concurrency, queue, cfg.queue_timeout_s, cfg.tenant_headroom, cfg.tenant_window_s)

@@ -181,7 +181,7 @@ def test_default_bounds_come_from_the_engines_capacity_and_the_gateway_replicas(
     gpu = EngineConfig.model_validate({"model": "builtin:tiny-llama", "device": "gpu"})
     assert engine_capacity(gpu) == 256  # vLLM's own default
     b = bounds_for(AdmissionConfig(), 24, gateway_replicas=2)
-    assert b == Bounds(12, 12, 10.0, tenant_headroom=1)
+    assert b == Bounds(12, 3, 10.0, tenant_headroom=1)
     assert bounds_for(AdmissionConfig(max_concurrency=4, max_queue=0, tenant_headroom=0), 24, 2) == \
         Bounds(4, 0, 10.0)
     assert bounds_for(AdmissionConfig(enabled=False), 24, 1) is None
