@@ -7,8 +7,8 @@ fewest requests in flight, and while other tenants are active no tenant takes th
 per other tenant, so another tenant's next request finds one free instead of waiting behind a burst. It is
 refused with a `Shed` (a 429) at once when the queue is full or its expected wait is longer than
 `queue_timeout_s`, or after waiting that long. A full queue makes room for a request of a higher class, or of a
-tenant with fewer waiting requests than the heaviest one, by refusing that class's or tenant's newest waiter:
-one tenant's burst cannot fill the queue against the others.
+tenant with a smaller share (requests in flight + waiting) than the heaviest waiting one, by refusing that
+class's or tenant's newest waiter: one tenant's burst cannot fill the queue against the others.
 """
 
 from __future__ import annotations
@@ -201,8 +201,8 @@ class Limiter:
         return True
 
     def _make_room(self, tenant: str, priority: Priority) -> bool:
-        """Refuse the newest waiter of a lower class, else of the tenant with the most waiting requests in this
-        class if it has more than `tenant` would; True if a place was freed."""
+        """Refuse the newest waiter of a lower class, else of the waiting tenant with the largest share in this
+        class (requests in flight + waiting) if it is larger than `tenant`'s would be; True if a place was freed."""
         rank = PRIORITIES.index(priority)
         for lower in reversed(PRIORITIES[rank + 1:]):
             tenants = self.queues[lower]
@@ -213,8 +213,12 @@ class Limiter:
         tenants = self.queues[priority]
         if not tenants:
             return False
-        heaviest = max(tenants, key=lambda t: len(tenants[t]))
-        if len(tenants[heaviest]) > len(tenants.get(tenant, ())) + 1:
+
+        def share(t: str) -> int:  # what a tenant holds and waits for: a flood's slots count against its waiters
+            return len(tenants.get(t, ())) + self.tenant_in_flight[t]
+
+        heaviest = max(tenants, key=share)
+        if heaviest != tenant and share(heaviest) > share(tenant) + 1:
             self._push_out(priority, heaviest)
             return True
         return False

@@ -9,6 +9,8 @@ import pytest
 from tests.integration.support import (
     ADMIT_ROUTE,
     APP,
+    CHAOS_CLOUD_ROUTE,
+    FAILOVER_ROUTE,
     JSON_ROUTE,
     LOAD_ROUTE,
     RESILIENT_ROUTE,
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 def test_models_lists_both_groups_and_the_routes(client: openai.OpenAI):
     models = {m.id: m for m in client.models.list()}
-    assert set(models) == {TINY_GROUP, SMOL_GROUP, JSON_ROUTE, RESILIENT_ROUTE, LOAD_ROUTE, ADMIT_ROUTE}
+    assert set(models) == {TINY_GROUP, SMOL_GROUP, JSON_ROUTE, RESILIENT_ROUTE, LOAD_ROUTE, ADMIT_ROUTE,
+                           CHAOS_CLOUD_ROUTE, FAILOVER_ROUTE}
     assert all(m.object == "model" for m in models.values())
     assert client.models.retrieve(SMOL_GROUP).id == SMOL_GROUP
     assert models[TINY_GROUP].model_extra["engines"] == [TINY_ENGINE]

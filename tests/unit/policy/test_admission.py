@@ -293,3 +293,24 @@ async def test_admission_can_be_turned_off() -> None:
     engine = FakeEngine("smollm2-v1")
     _, gw = gateway(engine, {"enabled": False})
     assert gw.admission.get(GROUP) is None and gw.admission.get(ROUTE) is not None
+
+
+async def test_a_full_queue_makes_room_for_the_tenant_with_the_smaller_share() -> None:
+    """The flood holds every slot but one and one place in the queue; the quiet tenant, holding one slot and one
+    place, still gets in: shares count slots in flight, not only waiting places."""
+    lim = Limiter("g", Bounds(8, 2, 5.0, tenant_headroom=1, tenant_window_s=60))
+    quiet = [await lim.acquire("quiet")]
+    flood = [await lim.acquire("flood") for _ in range(7)]
+    flood_waiting = asyncio.create_task(lim.acquire("flood"))
+    quiet_waiting = asyncio.create_task(lim.acquire("quiet"))
+    await settle()
+    assert lim.waiting == 2
+    again = asyncio.create_task(lim.acquire("quiet"))  # quiet: 1 + 1, flood: 7 + 1
+    await settle()
+    assert not again.done()  # it waits, in the flood's place
+    with pytest.raises(Shed):
+        await flood_waiting
+    for t in (quiet_waiting, again):
+        t.cancel()
+    for s in quiet + flood:
+        s.release()
