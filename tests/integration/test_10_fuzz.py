@@ -33,9 +33,9 @@ logger = logging.getLogger("serving.itest")
 
 GROUPS = (TINY_GROUP, SMOL_GROUP)
 ROUTES = (JSON_ROUTE, RESILIENT_ROUTE, LOAD_ROUTE, ADMIT_ROUTE)
-# Positive and negative cases per operation: 4 x 220 on the two POSTs, ~220 on GET /v1/models/{model}, a few on
-# the others: ~1100 requests.
-EXAMPLES = 220
+# Positive and negative cases per operation: 4 x 240 on the two POSTs, ~240 on GET /v1/models/{model}, a few on
+# the others: ~1200 requests.
+EXAMPLES = 240
 MIN_REQUESTS = 1000
 REQUEST_TIMEOUT_S = 120  # one request's client timeout: longer than any answer with 8 tokens, so a hang fails
 
