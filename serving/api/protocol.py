@@ -7,10 +7,16 @@ lenient about some inputs OpenAI rejects, so the checks OpenAI makes up front ar
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+try:  # vLLM's own request checks (e.g. tool_choice without tools) raise these; in vLLM 0.32 not ValueErrors
+    from vllm.exceptions import VLLMClientError
+except ImportError:  # pragma: no cover - vLLM without it raised ValueError
+    VLLMClientError = ValueError  # type: ignore[misc,assignment]
 
 from serving.api.errors import APIError
 from serving.config import GatesConfig, RouteConfig, StrictModel
@@ -31,6 +37,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _drop_nulls(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without top-level `null`s: in the OpenAI API a null field takes its default, and some of vLLM's
+    fields are not nullable (the completions `n`: a 400 otherwise)."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -39,6 +51,8 @@ def _check_int(body: dict[str, Any], key: str, lo: int, hi: int | None = None) -
     value = body.get(key)
     if value is None:
         return
+    if isinstance(value, float) and value.is_integer():  # JSON has no integer type: 2.0 is 2 (as for vLLM)
+        value = body[key] = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise APIError(400, f"'{key}' must be an integer, got {json.dumps(value)}.", param=key)
     if value < lo or (hi is not None and value > hi):
@@ -100,22 +114,51 @@ def _check_messages(body: dict[str, Any]) -> None:
                            param=f"messages.[{i}].role", code="invalid_value")
 
 
+def _check_tools(body: dict[str, Any]) -> None:
+    """Each tool an object with a `function` object naming it (vLLM's own check reads them unchecked: a 500)."""
+    tools = body.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise APIError(400, "'tools' must be an array of tool objects.", param="tools")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise APIError(400, f"tools[{i}] must be an object with a `function` object that has a string `name`.",
+                           param=f"tools.[{i}].function")
+
+
 def _check_chat_logprobs(body: dict[str, Any]) -> None:
     _check_int(body, "top_logprobs", 0, 20)
     if body.get("top_logprobs") is not None and not body.get("logprobs"):
         raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
 
 
+def _materialize(request: Any) -> Any:
+    """vLLM's message types validate some `Iterable` fields lazily (a pydantic `ValidatorIterator`, e.g. the content of
+    a tool message that has `name: null`): make them lists, so the request can be sent (pickled) to the engine replica
+    and an invalid item is a 400 here, not an engine failure."""
+    for msg in getattr(request, "messages", None) or ():
+        if isinstance(msg, dict):
+            for key, value in list(msg.items()):
+                if isinstance(value, Iterator):
+                    msg[key] = list(value)
+    return request
+
+
 def _validate(cls: type[BaseModel], body: dict[str, Any]) -> Any:
     try:
-        return cls.model_validate(body)
+        return _materialize(cls.model_validate(body))
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
         raise APIError(400, f"Invalid value for '{param}': {msg}" if param else msg, param=param) from None
-    except ValueError as exc:  # vLLM's VLLMValidationError and friends
-        raise APIError(400, str(exc), param=getattr(exc, "parameter", None)) from None
+    except (ValueError, VLLMClientError) as exc:  # vLLM's VLLMValidationError and friends
+        message = str(exc.args[0]) if exc.args else str(exc)  # without vLLM's "(parameter=...)" suffix
+        raise APIError(400, message, param=getattr(exc, "parameter", None)) from None
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a vLLM validator read a malformed field
+        raise APIError(400, f"The request body has a malformed field ({type(exc).__name__}: {exc}).") from None
 
 
 class RequestOverrides(StrictModel):
@@ -191,10 +234,11 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
 
 def parse_chat(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/chat/completions` body."""
-    body = parse_json_object(raw)
+    body = _drop_nulls(parse_json_object(raw))
     overrides = _pop_overrides(body)
     model = _check_common(body)
     _check_messages(body)
+    _check_tools(body)
     _check_chat_logprobs(body)
     stream, client_usage = _stream_flags(body)
     return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body), overrides, body)
@@ -202,7 +246,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
 
 def parse_completion(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/completions` body."""
-    body = parse_json_object(raw)
+    body = _drop_nulls(parse_json_object(raw))
     overrides = _pop_overrides(body)
     model = _check_common(body)
     prompt = body.get("prompt")

@@ -1,5 +1,5 @@
 """The gateway's FastAPI app: thin OpenAI endpoint adapters over the one request pipeline, plus models, health,
-readiness and metrics.
+readiness, metrics and the OpenAPI document (serving.api.openapi).
 
 The app is built around a `GroupRouter` (model group -> engines), so the same code runs inside the Ray Serve
 ingress deployment (engines are DeploymentHandles) and in unit tests (engines are test doubles).
@@ -19,6 +19,7 @@ from serving.api.admin import admin_router
 from serving.api.dispatch import Dispatcher
 from serving.api.errors import APIError, install_error_handlers
 from serving.api.middleware import RequestIdMiddleware
+from serving.api.openapi import Served, document, engines_of
 from serving.api.pipeline import Parser, Pipeline, policy_error, request_id
 from serving.api.protocol import parse_chat, parse_completion
 from serving.api.shadow import Mirror
@@ -133,6 +134,22 @@ class Gateway:
             raise policy_error(exc) from None
         return self.policy.allowed_models(ctx.tenant)
 
+    async def served(self, request: Request) -> Served:
+        """What this caller's OpenAPI document names: the model groups and routes it may use and their engines (none
+        for a caller without a valid key when API keys are on)."""
+        settings = self.settings
+        common: dict[str, Any] = dict(
+            auth=self.policy.cfg.auth.enabled, tenant_header=settings.tenant_header,
+            priority_header=settings.priority_header, max_body_bytes=settings.max_body_bytes,
+            root_path=(request.scope.get("root_path") or "").rstrip("/"))
+        try:
+            allowed = await self.caller_models(request)
+        except APIError:
+            return Served(**common)
+        groups = [n for n in self.router.groups if allowed is None or n in allowed]
+        routes = [n for n in self.routes.routes if allowed is None or n in allowed]
+        return Served(tuple(groups), tuple(routes), engines_of(self.router.groups[n] for n in groups), **common)
+
     def models(self, allowed: set[str] | None = None) -> dict[str, Any]:
         names = [n for n in [*self.router.groups, *self.routes.routes] if allowed is None or n in allowed]
         return {"object": "list", "data": [self.card(name) for name in names]}
@@ -178,6 +195,7 @@ def build_api(
     Routes start empty: `app.state.gateway.update_routing(...)` sets them (the ingress does on reconfigure).
     """
     gw = Gateway(router, settings, metrics or GatewayMetrics(), cloud_factory, tracer_provider)
+    # FastAPI's own document is off: /openapi.json serves serving.api.openapi's (the endpoints take raw bodies).
     app = FastAPI(title="serving gateway", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
     install_error_handlers(app)
@@ -203,6 +221,10 @@ def build_api(
             raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
         return JSONResponse(card)
+
+    @app.get("/openapi.json")
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(document(await gw.served(request)))
 
     @app.get("/health")
     async def health() -> Response:

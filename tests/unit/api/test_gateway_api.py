@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from collections import Counter
 from typing import Any
 
@@ -14,7 +15,10 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, model_validator
 
+from serving.api import protocol
+from serving.api.errors import APIError
 from serving.api.server import build_api
 from serving.config import GatewayConfig, ModelGroupConfig
 from serving.routing.groups import GroupRouter
@@ -486,6 +490,66 @@ async def test_body_too_large_is_413(make_gateway, engine: FakeEngine):
     assert engine.calls == []
     small = await gw.chat()
     assert small.status_code == 200
+
+
+# Found by fuzzing the gateway over its /openapi.json (tests/support/fuzz.py).
+
+
+async def test_vllm_request_check_is_a_400_not_a_500(gw: Gateway, engine: FakeEngine):
+    """vLLM's own checks raise `VLLMValidationError`, no longer a ValueError: it escaped as a 500."""
+    err = assert_error(await gw.chat(tool_choice="auto"), 400, param="tool_choice", type="invalid_request_error")
+    assert err["message"] == "When using `tool_choice`, `tools` must be set."
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("tools", [[{"type": "function"}], [{"type": "function", "function": {}}], ["f"], "f"])
+async def test_malformed_tools_with_a_named_tool_choice_are_a_400(gw: Gateway, engine: FakeEngine, tools: Any):
+    """vLLM's check of a named `tool_choice` reads `tools[i]["function"]["name"]` unchecked: a KeyError, a 500."""
+    choice = {"type": "function", "function": {"name": "f"}}
+    resp = await gw.chat(tools=tools, tool_choice=choice)
+    err = assert_error(resp, 400, type="invalid_request_error")
+    assert err["param"] in ("tools", "tools.[0].function")
+    assert engine.calls == []
+
+
+def test_a_vllm_validator_crashing_on_a_malformed_field_is_a_400():
+    """Any other field a vLLM `before` validator reads unchecked: a 400 naming the error, not a 500."""
+
+    class Strict(BaseModel):
+        @model_validator(mode="before")
+        @classmethod
+        def _reads(cls, data: Any) -> Any:
+            return data["tools"][0]["function"]
+
+    with pytest.raises(APIError) as exc:
+        protocol._validate(Strict, {"tools": []})
+    assert exc.value.status == 400 and "IndexError" in exc.value.message
+
+
+async def test_lazily_validated_message_content_reaches_the_engine_as_a_list(gw: Gateway, engine: FakeEngine):
+    """vLLM validates the content of a tool message with `name: null` into a lazy `ValidatorIterator`, which cannot
+    be pickled to the engine replica (the fake deep-copies the request): three failed calls, a 502."""
+    parts = [{"type": "text", "text": "42"}]
+    resp = await gw.chat(messages=[{"role": "tool", "tool_call_id": "c1", "name": None, "content": parts}])
+    assert resp.status_code == 200, resp.text
+    assert engine.last_request.messages[0]["content"] == parts
+    pickle.dumps(engine.last_request)
+
+
+async def test_integral_floats_are_integers(gw: Gateway, engine: FakeEngine):
+    """JSON has one number type, and a JSON Schema integer may be written 2.0: like vLLM, the gateway takes it."""
+    resp = await gw.complete(max_tokens=2.0, n=1.0)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["completion_tokens"] == 2
+    assert engine.last_request.max_tokens == 2 and isinstance(engine.last_request.max_tokens, int)
+    assert_error(await gw.complete(max_tokens=2.5), 400, param="max_tokens")
+
+
+async def test_null_fields_take_their_defaults(gw: Gateway):
+    """OpenAI's nullable fields: `n: null` on /v1/completions was a 400 (vLLM's `n` there is not nullable)."""
+    nulls = dict.fromkeys(("n", "max_tokens", "stop", "temperature", "stream", "stream_options", "user"))
+    assert (await gw.complete(**nulls)).status_code == 200
+    assert (await gw.chat(**nulls)).status_code == 200
 
 
 # -- engine faults ------------------------------------------------------------------------------------------
