@@ -19,6 +19,8 @@ import schemathesis
 
 from tests.integration.support import (
     ADMIT_ROUTE,
+    CHAOS_CLOUD_ROUTE,
+    FAILOVER_ROUTE,
     JSON_ROUTE,
     LOAD_ROUTE,
     RESILIENT_ROUTE,
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.integration
 logger = logging.getLogger("serving.itest")
 
 GROUPS = (TINY_GROUP, SMOL_GROUP)
-ROUTES = (JSON_ROUTE, RESILIENT_ROUTE, LOAD_ROUTE, ADMIT_ROUTE)
+ROUTES = (JSON_ROUTE, RESILIENT_ROUTE, LOAD_ROUTE, ADMIT_ROUTE, CHAOS_CLOUD_ROUTE, FAILOVER_ROUTE)
 # Positive and negative cases per operation: 4 x 240 on the two POSTs, ~240 on GET /v1/models/{model}, a few on
 # the others: ~1200 requests.
 EXAMPLES = 240
