@@ -254,6 +254,10 @@ def parse_completion(raw: bytes) -> ParsedRequest:
         raise APIError(400, "you must provide a prompt parameter", param="prompt", code="missing_required_parameter")
     if prompt == "" or prompt == []:
         raise APIError(400, "'prompt' must not be empty.", param="prompt")
+    if isinstance(prompt, list):  # a batch: vLLM's engine refuses an empty member only once it runs (a 502)
+        for i, item in enumerate(prompt):
+            if item == "" or item == []:
+                raise APIError(400, f"'prompt[{i}]' must not be empty.", param=f"prompt.[{i}]")
     _check_int(body, "logprobs", 0, 20)
     stream, client_usage = _stream_flags(body)
     return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body), overrides, body)

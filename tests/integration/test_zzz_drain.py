@@ -15,13 +15,21 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.support import CHAOS_CLOUD_ROUTE, FLAKY_TIER, SMOL_GROUP, Stack, sse_chunks
+from tests.integration.support import APP, CHAOS_CLOUD_ROUTE, FLAKY_TIER, SMOL_GROUP, Stack, sse_chunks
 
 pytestmark = pytest.mark.integration
 
 STREAM_TOKENS = 480  # words of the fake cloud, one per CHUNK_DELAY_S: two minutes
 CHUNK_DELAY_S = 0.25
 MIN_DRAINING_S = 5  # the session's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (conftest)
+
+
+DASHBOARD = "http://127.0.0.1:8265"  # the local Ray head's dashboard (Serve's REST API)
+
+
+def _gateway_replica_states() -> list[str]:
+    apps = httpx.get(f"{DASHBOARD}/api/serve/applications/", timeout=10).json()["applications"]
+    return [r["state"] for r in apps[APP]["deployments"]["gateway"]["replicas"]]
 
 
 def _created(url: str) -> int:
@@ -76,14 +84,23 @@ def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(sta
                     stream.setdefault("client_errors", []).append(repr(exc))
                 time.sleep(0.5)
 
+    def watch_stopping() -> None:  # when Serve began stopping the old replica: its drain
+        while not stop.is_set() and "draining" not in stream:
+            try:
+                if "STOPPING" in _gateway_replica_states():
+                    stream["draining"] = time.monotonic()
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                stream.setdefault("watch_errors", []).append(repr(exc))
+            time.sleep(0.5)
+
+    assert _gateway_replica_states() == ["RUNNING"]
     caller = threading.Thread(target=keep_calling)
+    watcher = threading.Thread(target=watch_stopping)
     caller.start()
+    watcher.start()
     try:
         up = stack.cli("up", "--config", str(changed), timeout=600)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-        # Serve stops the old replica when it starts the new one, and `serving up` returns once the new one runs:
-        # from here on the old replica is draining
-        draining = time.monotonic()
         reader.join(600)
         deadline = time.monotonic() + 180
         while _created(stack.url) == before:  # the old replica has exited: new connections reach the new one
@@ -92,6 +109,7 @@ def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(sta
     finally:
         stop.set()
         caller.join(120)
+        watcher.join(30)
         httpx.post(f"{stack.flaky_url}/_fake/reset", timeout=10)
     assert stream.get("status") == 200 and stream["tier"] == FLAKY_TIER, stream.get("tier")
     chunks = sse_chunks(stream["body"])
@@ -99,5 +117,7 @@ def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(sta
     assert chunks[-1]["usage"]["completion_tokens"] == STREAM_TOKENS
     # it outlived the replica's deregistration window: the old replica, its listener closed, finished this stream
     # instead of cutting it
-    assert stream["ended"] > draining + MIN_DRAINING_S, "the stream ended before the drain began: make it longer"
+    assert "draining" in stream, f"the old replica was never seen STOPPING: {stream.get('watch_errors', [])[:3]}"
+    assert stream["ended"] > stream["draining"] + MIN_DRAINING_S, \
+        "the stream ended before the drain began: make it longer"
     assert statuses and set(statuses) == {200}, (statuses, stream.get("client_errors"))

@@ -552,6 +552,13 @@ async def test_null_fields_take_their_defaults(gw: Gateway):
     assert (await gw.chat(**nulls)).status_code == 200
 
 
+async def test_an_empty_prompt_in_a_batch_is_a_400(gw: Gateway):
+    """vLLM's engine refuses an empty member of a prompt batch only when it runs it (found by fuzzing: a 502)."""
+    assert_error(await gw.complete(prompt=["", "x"]), 400, param="prompt.[0]")
+    assert_error(await gw.complete(prompt=[[1, 2], []]), 400, param="prompt.[1]")
+    assert (await gw.complete(prompt=["a", "b"])).status_code == 200
+
+
 # -- engine faults ------------------------------------------------------------------------------------------
 
 
