@@ -71,6 +71,15 @@ class Stack:
                               capture_output=True, text=True, timeout=timeout)
 
 
+def deploy(stack: Stack, cfg: dict[str, Any], path: Path) -> None:
+    """`serving up` with the platform config `cfg` (written to `path`): a change of the running stack."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    up = stack.cli("up", "--config", str(path), timeout=900)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+
+
 def assert_envelope(resp: httpx.Response, status: int, *, code: str | None = None,
                     param: str | None = None) -> dict[str, Any]:
     """`resp` is an OpenAI error envelope with this status (and one x-request-id); returns `error`."""

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.support import HELLO, TINY_ENGINE, TINY_GROUP, Stack
+from tests.integration.support import HELLO, TINY_ENGINE, TINY_GROUP, Stack, deploy
 
 pytestmark = pytest.mark.integration
 
@@ -39,19 +39,13 @@ def _wait_for(stack: Stack, replicas: int, what: str) -> float:
     return time.monotonic() - start
 
 
-def _deploy(stack: Stack, cfg: dict[str, Any], path: Any) -> None:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    up = stack.cli("up", "--config", str(path), timeout=900)
-    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-
-
 def test_sustained_load_adds_an_engine_replica_and_it_goes_after(stack: Stack, tmp_path: Any) -> None:
     original = yaml.safe_load(stack.config.read_text())
     scaled = yaml.safe_load(stack.config.read_text())
     scaled["engines"][TINY_ENGINE]["replicas"] = {
         "min": 1, "max": 2, "target_ongoing_requests": 2, "upscale_delay_s": 2,
         "downscale_delay_s": DOWNSCALE_DELAY_S}
-    _deploy(stack, scaled, tmp_path / "autoscaled.yaml")
+    deploy(stack, scaled, tmp_path / "autoscaled.yaml")
     try:
         assert _running(stack) == 1
         statuses: list[int] = []
@@ -84,4 +78,4 @@ def test_sustained_load_adds_an_engine_replica_and_it_goes_after(stack: Stack, t
         print(f"scaled up in {up_s:.0f} s under load, down in {down_s:.0f} s after it "
               f"(downscale_delay_s {DOWNSCALE_DELAY_S}); {len(statuses)} requests, all 200")
     finally:
-        _deploy(stack, original, tmp_path / "restored.yaml")
+        deploy(stack, original, tmp_path / "restored.yaml")

@@ -44,6 +44,7 @@ from tests.integration.support import (
     TINY_GROUP,
     TINY_TIER,
     Stack,
+    deploy,
     metric_samples,
     metric_value,
     sse_data,
@@ -280,17 +281,11 @@ def test_a_sigkilled_engine_replica_costs_no_request_a_healthy_tier_can_serve(st
 # ------------------------------------------------------------------------------------- a gateway replica dies
 
 
-def _deploy(stack: Stack, cfg: dict[str, Any], path: Any) -> None:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    up = stack.cli("up", "--config", str(path), timeout=900)
-    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-
-
 def test_one_of_two_gateway_replicas_sigkilled(stack: Stack, tmp_path: Any) -> None:
     marker = f"ServeReplica:{APP}:gateway"
     original = yaml.safe_load(stack.config.read_text())
     two = {**original, "gateway": {**original["gateway"], "replicas": 2}}
-    _deploy(stack, two, tmp_path / "two-gateways.yaml")
+    deploy(stack, two, tmp_path / "two-gateways.yaml")
     try:
         deadline = time.monotonic() + RECOVERY_TIMEOUT_S
         while len(_replica_pids(marker)) < 2:
@@ -312,5 +307,5 @@ def test_one_of_two_gateway_replicas_sigkilled(stack: Stack, tmp_path: Any) -> N
         assert not load.failures(after), load.failures(after)[:5]
         _wait_ready(stack, "a gateway replica was killed")
     finally:
-        _deploy(stack, original, tmp_path / "one-gateway.yaml")  # as the session had it
+        deploy(stack, original, tmp_path / "one-gateway.yaml")  # as the session had it
         _wait_ready(stack, "scaling the gateway back to one replica")
