@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from serving.api.protocol import RequestOverrides
+from serving.api.protocol import MAX_TOKEN_ID, RequestOverrides
 
 INT64 = 2**63 - 1
 NAME = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -138,7 +138,7 @@ class ChatCompletionRequest(_Sampling):
     )
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]], Field(min_length=1)]
 
 
 class CompletionRequest(_Sampling):
@@ -146,7 +146,8 @@ class CompletionRequest(_Sampling):
 
     model_config = ConfigDict(json_schema_extra={"dependentSchemas": {"stream_options": _needs("stream", True)}})
 
-    prompt: (Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | TokenIds
+    prompt: (Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]],
+                                                               Field(min_length=1)] | TokenIds
              | Annotated[list[TokenIds], Field(min_length=1)])
     logprobs: int | None = Field(None, ge=0, le=20, description="Log probabilities of this many top tokens.")
 

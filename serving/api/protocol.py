@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - vLLM without it raised ValueError
 from serving.api.errors import APIError
 from serving.config import GatesConfig, RouteConfig, StrictModel
 
+MAX_TOKEN_ID = 2**31 - 1
+"""Largest token id a prompt may carry (vocabularies are far smaller; larger ids crash the engine, not a 400)."""
+
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -244,6 +247,20 @@ def parse_chat(raw: bytes) -> ParsedRequest:
     return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body), overrides, body)
 
 
+def _check_token_ids(prompt: list[Any]) -> None:
+    """Token-id prompts (a list of ids, or a batch of them): integers in [0, MAX_TOKEN_ID]."""
+    batches = prompt if prompt and isinstance(prompt[0], list) else [prompt]
+    for b, ids in enumerate(batches):
+        if not isinstance(ids, list) or (ids and isinstance(ids[0], str)):
+            continue  # strings: checked by the protocol model
+        for i, tok in enumerate(ids):
+            ok = (isinstance(tok, int) and not isinstance(tok, bool)) or (isinstance(tok, float) and tok.is_integer())
+            if ok and not 0 <= tok <= MAX_TOKEN_ID:
+                where = f"prompt[{b}][{i}]" if batches is prompt else f"prompt[{i}]"
+                raise APIError(400, f"'{where}' is not a valid token id: {tok}.", param="prompt",
+                               code="invalid_value")
+
+
 def parse_completion(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/completions` body."""
     body = _drop_nulls(parse_json_object(raw))
@@ -258,6 +275,7 @@ def parse_completion(raw: bytes) -> ParsedRequest:
         for i, item in enumerate(prompt):
             if item == "" or item == []:
                 raise APIError(400, f"'prompt[{i}]' must not be empty.", param=f"prompt.[{i}]")
+        _check_token_ids(prompt)
     _check_int(body, "logprobs", 0, 20)
     stream, client_usage = _stream_flags(body)
     return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body), overrides, body)

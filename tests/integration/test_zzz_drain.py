@@ -7,6 +7,7 @@ quarter second, so it lasts longer than the replacement whatever the box's speed
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from typing import Any
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.support import APP, CHAOS_CLOUD_ROUTE, FLAKY_TIER, SMOL_GROUP, Stack, sse_chunks
+from tests.integration.support import CHAOS_CLOUD_ROUTE, FLAKY_TIER, SMOL_GROUP, Stack, sse_chunks
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +25,13 @@ CHUNK_DELAY_S = 0.25
 MIN_DRAINING_S = 5  # the session's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (conftest)
 
 
-DASHBOARD = "http://127.0.0.1:8265"  # the local Ray head's dashboard (Serve's REST API)
-
-
-def _gateway_replica_states() -> list[str]:
-    apps = httpx.get(f"{DASHBOARD}/api/serve/applications/", timeout=10).json()["applications"]
-    return [r["state"] for r in apps[APP]["deployments"]["gateway"]["replicas"]]
+def _gateway_replica_states(stack: Stack) -> str:
+    """The gateway's replica states as `serving status` prints them (e.g. `RUNNING=1, STOPPING=1`)."""
+    out = stack.cli("status", "--config", str(stack.config), timeout=120).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("gateway "):
+            return line
+    raise ValueError(f"no gateway line in `serving status`:\n{out}")
 
 
 def _created(url: str) -> int:
@@ -87,13 +89,13 @@ def test_a_replaced_gateway_replica_finishes_its_stream_and_no_request_fails(sta
     def watch_stopping() -> None:  # when Serve began stopping the old replica: its drain
         while not stop.is_set() and "draining" not in stream:
             try:
-                if "STOPPING" in _gateway_replica_states():
+                if "STOPPING" in _gateway_replica_states(stack):
                     stream["draining"] = time.monotonic()
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
+            except (subprocess.SubprocessError, ValueError) as exc:
                 stream.setdefault("watch_errors", []).append(repr(exc))
             time.sleep(0.5)
 
-    assert _gateway_replica_states() == ["RUNNING"]
+    assert "RUNNING=1" in _gateway_replica_states(stack) and "STOPPING" not in _gateway_replica_states(stack)
     caller = threading.Thread(target=keep_calling)
     watcher = threading.Thread(target=watch_stopping)
     caller.start()

@@ -559,6 +559,13 @@ async def test_an_empty_prompt_in_a_batch_is_a_400(gw: Gateway):
     assert (await gw.complete(prompt=["a", "b"])).status_code == 200
 
 
+async def test_token_ids_out_of_range_are_a_400(gw: Gateway):
+    """Ids beyond any vocabulary (and beyond int64) crashed the engine (found by fuzzing: a 502)."""
+    assert_error(await gw.complete(prompt=[1, 2**63 + 5]), 400, param="prompt")
+    assert_error(await gw.complete(prompt=[[1, 2], [-1]]), 400, param="prompt")
+    assert (await gw.complete(prompt=[[1, 2], [3.0]])).status_code == 200
+
+
 # -- engine faults ------------------------------------------------------------------------------------------
 
 
