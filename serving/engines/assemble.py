@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.engines.base import EngineFailed
+from serving.engines.base import EngineFailed, EngineRejected
 
 
 class _Choice:
@@ -28,6 +28,20 @@ class _Choice:
         self.logprobs: dict[str, list[Any]] | None = None
         self.finish_reason: str | None = None
         self.stop_reason: Any = None
+
+
+CLIENT_ERROR_TYPES = frozenset({"BadRequestError", "invalid_request_error", "NotFoundError"})
+
+
+def _client_error_status(err: Any) -> int | None:
+    """The 4xx status of an in-stream error event that refuses the request (vLLM: `code` 400 or type
+    `BadRequestError`), else None (an engine fault)."""
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code")
+    if isinstance(code, int) and 400 <= code < 500:
+        return code
+    return 400 if err.get("type") in CLIENT_ERROR_TYPES else None
 
 
 class StreamAssembler:
@@ -58,6 +72,10 @@ class StreamAssembler:
         if "error" in obj or obj.get("object") == "error":
             err = obj.get("error", obj)
             message = err.get("message") if isinstance(err, dict) else str(err)
+            status = _client_error_status(err)
+            if status is not None:  # the engine refused the request itself (e.g. a token id out of vocabulary)
+                raise EngineRejected(str(message), status=status,
+                                     param=err.get("param") if isinstance(err.get("param"), str) else None)
             raise EngineFailed(f"engine error in stream: {message}")
         self.chunks += 1
         if not self.head:

@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletion
 from ray.serve.llm.openai_api_models import ChatCompletionResponse, CompletionResponse
 
 from serving.engines.assemble import StreamAssembler
-from serving.engines.base import EngineFailed
+from serving.engines.base import EngineFailed, EngineRejected
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "smollm2-v1"}
 
@@ -135,3 +135,16 @@ def test_a_stream_without_chunks_is_a_failure() -> None:
     asm.add("data: [DONE]\n\n")
     with pytest.raises(EngineFailed, match="before any answer"):
         asm.response()
+
+
+def test_an_in_stream_refusal_is_a_client_error_and_a_fault_is_not() -> None:
+    """vLLM reports a request it refuses mid-stream (a token id out of vocabulary) as an error event with code 400:
+    that is the client's error (a 400, no breaker fault), a 500 event is the engine's (found by fuzzing: a 502)."""
+    refusal = {"error": {"message": "Token id 15396422 is out of vocabulary", "type": "BadRequestError",
+                         "param": None, "code": 400}}
+    with pytest.raises(EngineRejected) as rejected:
+        StreamAssembler("completions").add(f"data: {json.dumps(refusal)}\n\n")
+    assert rejected.value.status == 400 and "out of vocabulary" in str(rejected.value)
+    fault = {"error": {"message": "Internal server error", "type": "InternalServerError", "code": 500}}
+    with pytest.raises(EngineFailed):
+        StreamAssembler("completions").add(f"data: {json.dumps(fault)}\n\n")
