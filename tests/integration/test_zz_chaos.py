@@ -7,8 +7,9 @@ the clients' failures are counted and asserted.
 * Redis killed and restarted: policies fail open (`degraded`), no request fails, and Redis is used again after;
 * an engine replica SIGKILLed: no non-streamed request to a route with a healthy tier left fails; a stream the
   dead replica was generating ends with an OpenAI error event and `[DONE]`, never a hang; Serve restarts it;
-* one of two gateway replicas SIGKILLed: requests admitted after the kill are all answered (HAProxy retries
-  refused connections on the other replica); only requests in flight on the killed one may be lost.
+* one of two gateway replicas SIGKILLed: requests sent from half a second after the kill on are all answered
+  (HAProxy retries refused connections on the other replica); only requests in flight on (or on their way to) the
+  killed one may be lost.
 
 Runs after the other modules (`test_zz_*`) and leaves the stack as it found it (one gateway replica, engines up).
 """
@@ -56,6 +57,7 @@ pytestmark = pytest.mark.integration
 
 RECOVERY_TIMEOUT_S = 300
 CLIENT_TIMEOUT_S = 120  # far above any healthy answer: a request that takes this long is a hang
+KILL_SETTLE_S = 0.5  # requests sent within this long of a SIGKILL may still have been routed to the dead process
 
 
 @dataclass
@@ -299,10 +301,12 @@ def test_one_of_two_gateway_replicas_sigkilled(stack: Stack, tmp_path: Any) -> N
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             time.sleep(15)
-        in_flight = [c for c in load.calls if c.started < killed <= c.ended]
-        lost = load.failures([c for c in load.calls if c.started < killed])
-        assert len(lost) <= len(in_flight), (lost, in_flight)  # only requests on the killed replica
-        after = load.between(killed, killed + 15)
+        # a request sent in the instant of the kill may already be on its way to the victim (measured: one, sent
+        # 3 ms after os.kill, was cut); after that, every request is answered by the surviving replica
+        settled = killed + KILL_SETTLE_S
+        lost = load.failures([c for c in load.calls if c.started < settled])
+        assert len(lost) <= load.workers, lost  # at most the requests on their way to the killed replica
+        after = load.between(settled, killed + 15)
         assert after, "no requests ran after the kill"
         assert not load.failures(after), load.failures(after)[:5]
         _wait_ready(stack, "a gateway replica was killed")
