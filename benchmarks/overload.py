@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -29,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import psutil
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.local_stack import rss_mib, serving_up
 from benchmarks.overhead import Target, make_prompt, pause, platform_pids, wait_http
 from benchmarks.stats import pct
 from serving.engines.ray_llm import CPU_DEFAULT_DTYPE
@@ -161,8 +160,7 @@ def start_bare(model_dir: Path, port: int, seqs: int, logf: Path) -> subprocess.
 
 
 def start_platform(port: int, seqs: int, admission: dict[str, Any], logf: Path) -> None:
-    cfg = Path(tempfile.mkdtemp()) / "overload.yaml"
-    cfg.write_text(json.dumps({
+    serving_up({
         "version": 1,
         "ray": {"num_cpus": 4, "metrics_export_port": 8089, "app_name": "bench"},
         "gateway": {"host": "127.0.0.1", "port": port, "num_cpus": 0},
@@ -171,22 +169,7 @@ def start_platform(port: int, seqs: int, admission: dict[str, Any], logf: Path) 
         "engines": {"tiny": {"model": "builtin:tiny-llama", "device": "cpu", "max_model_len": 2048,
                              "max_num_seqs": seqs}},
         "model_groups": {"tiny": {"engines": ["tiny"], "admission": admission}},
-    }))
-    log(f"starting the platform: serving up --config {cfg}")
-    with logf.open("w") as out:
-        rc = subprocess.run([str(Path(PY).with_name("serving")), "up", "--config", str(cfg), "--timeout", "600"],
-                            stdout=out, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise RuntimeError(f"serving up failed ({rc}); see {logf}")
-    wait_http(f"http://127.0.0.1:{port}/ready", 60)
-
-
-def rss_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += psutil.Process(pid).memory_info().rss
-    return total / 2**20
+    }, logf, log)
 
 
 def measure(target: Target, others: list[Target], capacity: float, args: argparse.Namespace) -> dict[str, Any]:

@@ -31,7 +31,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,7 +41,8 @@ import psutil
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.overhead import make_prompt, wait_http
+from benchmarks.local_stack import rss_mib, serving_up
+from benchmarks.overhead import make_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,8 +71,7 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
 
 
 def start_platform(port: int, redis_port: int, logf: Path) -> None:
-    cfg = Path(tempfile.mkdtemp()) / "soak.yaml"
-    cfg.write_text(json.dumps({
+    serving_up({
         "version": 1,
         "ray": {"num_cpus": 4, "metrics_export_port": 8089, "app_name": APP},
         "gateway": {"host": "127.0.0.1", "port": port, "num_cpus": 0},
@@ -84,14 +83,7 @@ def start_platform(port: int, redis_port: int, logf: Path) -> None:
         "model_groups": {GROUP: {"engines": ["tiny"]}},
         "tiers": {"tiny": {"model_group": GROUP}},
         "routes": {ROUTE: {"tiers": ["tiny"], "gates": {"empty": {}}}},
-    }))
-    log(f"starting the platform: serving up --config {cfg}")
-    with logf.open("w") as out:
-        rc = subprocess.run([str(Path(PY).with_name("serving")), "up", "--config", str(cfg), "--timeout", "600"],
-                            stdout=out, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"serving up failed ({rc}); see {logf}")
-    wait_http(f"http://127.0.0.1:{port}/ready", 60)
+    }, logf, log)
 
 
 def processes() -> dict[str, list[int]]:
@@ -107,14 +99,6 @@ def processes() -> dict[str, list[int]]:
             parts["engine"].append(proc.info["pid"])
             parts["engine"] += [c.pid for c in proc.children(recursive=True)]
     return parts
-
-
-def rss_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += psutil.Process(pid).memory_info().rss
-    return total / 2**20
 
 
 class Soak:

@@ -22,8 +22,9 @@ REPLICA_TITLE = b"ray::ServeReplica"
 Runner = Callable[[Sequence[str]], int]
 
 
-def replica_pids(proc_root: Path = Path("/proc")) -> list[int]:
-    """PIDs of the Ray Serve replica processes on this node (this container's process namespace)."""
+def replica_pids(proc_root: Path = Path("/proc"), title: bytes = REPLICA_TITLE) -> list[int]:
+    """PIDs of the Ray Serve replica processes on this node (this container's process namespace) whose title
+    starts with `title` (default: every replica; `ray::ServeReplica:<app>:<deployment>` for one deployment's)."""
     pids = []
     for entry in proc_root.iterdir():
         if not entry.name.isdigit():
@@ -32,7 +33,7 @@ def replica_pids(proc_root: Path = Path("/proc")) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(REPLICA_TITLE):
+        if cmdline.startswith(title):
             pids.append(int(entry.name))
     return pids
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 import yaml
 
+from serving.deploy.node_drain import replica_pids
 from serving.deploy.serve_config import engine_app_name
 from tests.integration.support import (
     APP,
@@ -133,14 +133,8 @@ def _script_flaky(stack: Stack, default: str) -> None:
 
 
 def _replica_pids(marker: str) -> list[int]:
-    """PIDs of the Ray Serve replica actors whose process title contains `marker` (for example
-    `ServeReplica:itest:gateway`)."""
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.startswith("ray::") and marker in cmd:
-            pids.append(proc.info["pid"])
-    return pids
+    """PIDs of the Ray Serve replicas of one deployment (`marker`: `ServeReplica:<app>:<deployment>`)."""
+    return replica_pids(title=f"ray::{marker}".encode())
 
 
 # ------------------------------------------------------------------------------------------- a flaky cloud tier
