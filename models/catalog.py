@@ -88,6 +88,8 @@ class CatalogModel(BaseModel):
     min_gpu: GpuKind | None = None
     license: str
     chat_template_note: str | None = None
+    tool_call_parser: str | None = Field(None, description="vLLM tool-call parser matching the chat template")
+    task: Literal["generate", "embed"] = Field("generate", description="embed: a sentence-embedding model")
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +173,18 @@ def _load() -> dict[str, CatalogModel]:
 def load_catalog() -> dict[str, CatalogModel]:
     """All catalog entries by name (parsed and validated once, then cached)."""
     return dict(_load())
+
+
+def entry_for_source(source: str) -> CatalogModel | None:
+    """The catalog entry a model source names (`catalog:<name>`, or a `builtin:` source of an entry; options such
+    as `?seed=N` ignored), or None (hf: repos and local directories are not looked up)."""
+    catalog = _load()
+    if source.startswith("catalog:"):
+        return catalog.get(source.removeprefix("catalog:"))
+    if source.startswith("builtin:"):
+        base = source.split("?", 1)[0]
+        return next((m for m in catalog.values() if m.source == base), None)
+    return None
 
 
 def get_model(name: str) -> CatalogModel:

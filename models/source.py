@@ -14,11 +14,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-llama")
+BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-llama", "all-minilm-l6-v2")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 _FORMS = (
-    "builtin:smollm2-135m-instruct, builtin:tiny-llama[?seed=N], catalog:<name>, "
+    "builtin:smollm2-135m-instruct, builtin:tiny-llama[?seed=N], builtin:all-minilm-l6-v2, catalog:<name>, "
     "hf:<org>/<name>[@<revision>], <org>/<name>[@<revision>], /abs/model/dir or file:///abs/model/dir"
 )
 

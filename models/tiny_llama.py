@@ -15,20 +15,17 @@ from pathlib import Path
 
 from models._build import ensure_built, patch_tokenizer_config
 from models.cache import models_dir
+from models.chat_templates import chatml_with_tools
 
 NAME = "tiny-llama"
 # Bump when the architecture, corpus or tokenizer recipe changes: cached builds are then rebuilt.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 VOCAB_SIZE = 4096
 MAX_POSITION_EMBEDDINGS = 2048
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = chatml_with_tools()
+"""ChatML without a default system prompt; tools in the Hermes format (the catalog's `tool_call_parser: hermes`)."""
 
 _SUBJECTS = (
     "the cat", "a young engineer", "my neighbour", "the old farmer", "our team", "the teacher",

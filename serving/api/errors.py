@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,9 +65,10 @@ class APIError(Exception):
             out.update(self.extra)
         return out
 
-    def response(self) -> Response:
+    def response(self, envelope: Callable[[APIError], dict[str, Any]] | None = None) -> Response:
+        """The error as an HTTP response: the OpenAI envelope, or the endpoint's own (`envelope`)."""
         return Response(
-            json.dumps(self.envelope()),
+            json.dumps(envelope(self) if envelope is not None else self.envelope()),
             status_code=self.status,
             media_type="application/json",
             headers=self.headers,
@@ -90,26 +92,38 @@ def from_engine_error(error: Rejected) -> APIError:
     return APIError(status, message, param=error.param, code=code)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every failure (ours, Starlette's 404/405, unexpected bugs) through the envelope."""
+Envelope = Callable[[APIError], dict[str, Any]]
+"""An endpoint's own error body for an `APIError` (e.g. the Anthropic Messages API's)."""
+
+
+def install_error_handlers(app: FastAPI, envelopes: Mapping[str, Envelope] | None = None) -> None:
+    """Route every failure (ours, Starlette's 404/405, unexpected bugs) through the envelope: OpenAI's, or for a
+    path in `envelopes` (path -> envelope) that endpoint's own."""
+    own = dict(envelopes or {})
+
+    def envelope_of(request: Request) -> Envelope | None:
+        path = request.url.path.rstrip("/")
+        return next((fn for suffix, fn in own.items() if path.endswith(suffix)), None)
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> Response:
-        return exc.response()
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return exc.response(envelope_of(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
             message = "Not found: no such endpoint"
-        return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
+        err = APIError(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return err.response(envelope_of(request))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        return APIError(400, str(err["msg"]), param=".".join(str(p) for p in err["loc"][1:]) or None).response()
+        error = APIError(400, str(err["msg"]), param=".".join(str(p) for p in err["loc"][1:]) or None)
+        return error.response(envelope_of(request))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error in the gateway")
-        return APIError(500, "internal error in the gateway", code="internal_error").response()
+        return APIError(500, "internal error in the gateway", code="internal_error").response(envelope_of(request))

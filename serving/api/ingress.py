@@ -78,7 +78,8 @@ class GatewayDeployment:
         providers, tiers, routes, tenants = routing_from_user_config(user_config)
         self._app.state.gateway.update_routing(providers, tiers, routes, tenants,
                                                capacity=user_config.get("capacity") or {},
-                                               context=user_config.get("context") or {})
+                                               context=user_config.get("context") or {},
+                                               embedding_groups=user_config.get("embedding_groups") or [])
         policies = PoliciesConfig.model_validate(user_config.get("policies") or {})
         self._app.state.gateway.update_policies(policies)
         if routes:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from serving.api.cancel import ClientGone, until_disconnect
-from serving.api.dispatch import Dispatcher
+from serving.api.dispatch import Dispatcher, edge_json, edge_stream
 from serving.api.errors import APIError
 from serving.api.protocol import ParsedRequest
 from serving.api.shadow import Mirror
@@ -97,6 +97,7 @@ class Pipeline:
         self.metrics = metrics
         self.tracing = tracing or Tracing()
         self.max_body_bytes = max_body_bytes
+        self.embedding_groups: set[str] = set()  # model groups of embedding engines (set by the gateway)
 
     async def handle(self, request: Request, endpoint: str, parse: Parser) -> Response:
         """Serve one request; every request, refused or answered, is recorded, settled and audited once."""
@@ -125,6 +126,8 @@ class Pipeline:
             principal = await self.authenticate(ctx, request)
         with tracing.stage("parse"):
             parsed = parse(await read_body(request, self.max_body_bytes))
+            if parsed.edge is not None:
+                await parsed.edge.prepare(parsed, ctx.tenant)  # e.g. the tenant's previous_response_id
         ctx.stream = parsed.stream
         if span is not None:
             span.update_name(f"{span.name} {parsed.model}")  # type: ignore[attr-defined]
@@ -140,7 +143,7 @@ class Pipeline:
         rec.name = route.name
         annotate(span, **{f"serving.{route.kind}": route.name, "serving.tenant": ctx.label, "serving.pin": pin})
         with tracing.stage("admit"):
-            await self.admit(ctx, endpoint, route, parsed)
+            await self.admit(ctx, parsed.endpoint, route, parsed)
             priority = self.priority(ctx, request)  # a bad header is a 400 whatever the cache or the bounds
         with tracing.stage("cache"):
             cached = await self.policy.cache_lookup(ctx, parsed.body, parsed.overrides,
@@ -148,15 +151,15 @@ class Pipeline:
         annotate(span, **{"serving.cache": ctx.cache})
         if cached is not None:
             rec.engine = "cache"
-            return self.cached(ctx, cached, route, endpoint, parsed)
+            return await self.cached(ctx, cached, route, parsed)
         ctx.details = {route.kind: route.name}
         with tracing.stage("queue"):
             if not await self.enqueue(request, ctx, route, priority):
                 return Response(status_code=499)
         if route.kind == "model_group" and pin is None:
-            self.shadow(route.name, endpoint, parsed.request)
+            self.shadow(route.name, parsed.endpoint, parsed.request)
         with tracing.stage("dispatch"):
-            return await self.dispatcher.dispatch(request, endpoint, parsed, route, pin, ctx, rec)
+            return await self.dispatcher.dispatch(request, parsed.endpoint, parsed, route, pin, ctx, rec)
 
     async def authenticate(self, ctx: RequestContext, request: Request) -> Principal:
         """The caller (API key -> tenant); 401/503 in the envelope."""
@@ -170,7 +173,8 @@ class Pipeline:
         overrides = parsed.overrides
         pin = overrides.engine if overrides else None
         try:
-            route = self.routes.resolve(parsed.model, principal.tenant, overrides.route if overrides else None)
+            route = self.routes.resolve(parsed.model, principal.tenant, overrides.route if overrides else None,
+                                        by_name=parsed.endpoint == "embeddings")
             if pin:
                 if route.kind != "model_group":
                     raise APIError(400, "serving.engine applies to model groups, not to routes.",
@@ -185,7 +189,19 @@ class Pipeline:
         except UnknownModel as exc:
             raise APIError(404, f"The model `{exc.args[0]}` does not exist or you do not have access to it.",
                            param="model", code="model_not_found") from None
+        self.check_task(parsed, route)
         return route, pin
+
+    def check_task(self, parsed: ParsedRequest, route: Route) -> None:
+        """An embedding model answers only /v1/embeddings, a chat model or route only the other endpoints."""
+        embedding = route.kind == "model_group" and route.name in self.embedding_groups
+        if parsed.endpoint == "embeddings" and not embedding:
+            names = ", ".join(sorted(self.embedding_groups)) or "none is configured"
+            raise APIError(400, f"The model `{parsed.model}` is not an embedding model; /v1/embeddings takes an "
+                           f"embedding model group ({names}).", param="model", code="model_not_embedding")
+        if parsed.endpoint != "embeddings" and embedding:
+            raise APIError(400, f"The model `{parsed.model}` is an embedding model: use POST /v1/embeddings.",
+                           param="model", code="model_not_chat")
 
     async def admit(self, ctx: RequestContext, endpoint: str, route: Route, parsed: ParsedRequest) -> None:
         """The tenant's allow list, then limits, quotas, budgets and kill switches (403/429/503 in the envelope)."""
@@ -224,14 +240,16 @@ class Pipeline:
                            param=self.priority_header)
         return own
 
-    def cached(self, ctx: RequestContext, cached: str, route: Route, endpoint: str, parsed: ParsedRequest) -> Response:
-        """A cache hit, as JSON or replayed as SSE."""
+    async def cached(self, ctx: RequestContext, cached: str, route: Route, parsed: ParsedRequest) -> Response:
+        """A cache hit, as JSON or replayed as SSE (in the endpoint's own format)."""
         ctx.details = {route.kind: route.name, **ctx.details}
         body = json.loads(cached)
         headers = {**ctx.headers, "x-serving-cache": ctx.cache, "x-serving-model": str(body.get("model") or "")}
         if not parsed.stream:
-            return Response(cached, media_type="application/json", headers=headers)
-        return StreamingResponse(replay(body, endpoint, parsed.client_usage),
+            if parsed.edge is None:
+                return Response(cached, media_type="application/json", headers=headers)
+            return await edge_json(parsed.edge, body, headers)
+        return StreamingResponse(edge_stream(parsed, replay(body, parsed.endpoint, parsed.client_usage)),
                                  media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
     def shadow(self, group_name: str, endpoint: str, engine_request: Any) -> None:

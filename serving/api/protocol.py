@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, Field, ValidationError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
@@ -40,7 +41,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _drop_nulls(body: dict[str, Any]) -> dict[str, Any]:
+def drop_nulls(body: dict[str, Any]) -> dict[str, Any]:
     """The body without top-level `null`s: in the OpenAI API a null field takes its default, and some of vLLM's
     fields are not nullable (the completions `n`: a 400 otherwise)."""
     return {k: v for k, v in body.items() if v is not None}
@@ -118,17 +119,47 @@ def _check_messages(body: dict[str, Any]) -> None:
 
 
 def _check_tools(body: dict[str, Any]) -> None:
-    """Each tool an object with a `function` object naming it (vLLM's own check reads them unchecked: a 500)."""
+    """Each tool an object with a `function` object naming it and a JSON-schema `parameters` (vLLM's own check reads
+    them unchecked: a 500); a named `tool_choice` names a declared function."""
     tools = body.get("tools")
-    if tools is None:
-        return
-    if not isinstance(tools, list):
+    if tools is not None and not isinstance(tools, list):
         raise APIError(400, "'tools' must be an array of tool objects.", param="tools")
-    for i, tool in enumerate(tools):
+    names: list[str] = []
+    for i, tool in enumerate(tools or ()):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             raise APIError(400, f"tools[{i}] must be an object with a `function` object that has a string `name`.",
                            param=f"tools.[{i}].function")
+        if tool.get("type", "function") != "function":
+            raise APIError(400, f"tools[{i}].type must be 'function', got {json.dumps(tool.get('type'))}.",
+                           param=f"tools.[{i}].type", code="invalid_value")
+        params = function.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict):
+                raise APIError(400, f"tools[{i}].function.parameters must be a JSON schema object.",
+                               param=f"tools.[{i}].function.parameters")
+            try:
+                jsonschema.validators.validator_for(params).check_schema(params)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(map(str, exc.path)) or "(root)"
+                raise APIError(400, f"tools[{i}].function.parameters is not a valid JSON schema: {where}: "
+                               f"{exc.message}", param=f"tools.[{i}].function.parameters",
+                               code="invalid_function_parameters") from None
+        names.append(function["name"])
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            raise APIError(400, "tool_choice must be 'none', 'auto', 'required' or "
+                           '{"type": "function", "function": {"name": ...}}.', param="tool_choice")
+        if name not in names:
+            declared = ", ".join(names) or "none"
+            raise APIError(400, f"tool_choice names the function {name!r}, which is not in tools (declared: "
+                           f"{declared}).", param="tool_choice", code="invalid_value")
+    elif choice is not None and choice not in ("none", "auto", "required"):
+        raise APIError(400, f"tool_choice must be 'none', 'auto', 'required' or a named function, got "
+                       f"{json.dumps(choice)}.", param="tool_choice", code="invalid_value")
 
 
 def _check_chat_logprobs(body: dict[str, Any]) -> None:
@@ -149,7 +180,8 @@ def _materialize(request: Any) -> Any:
     return request
 
 
-def _validate(cls: type[BaseModel], body: dict[str, Any]) -> Any:
+def validate_model(cls: type[BaseModel], body: dict[str, Any]) -> Any:
+    """`body` validated into the protocol model `cls` (vLLM's request types), or a 400 naming the field."""
     try:
         return _materialize(cls.model_validate(body))
     except ValidationError as exc:
@@ -192,21 +224,28 @@ class RequestOverrides(StrictModel):
 
 class ParsedRequest:
     """A validated request: the model the client named, whether it streams, the engine request, and the
-    `serving` extension field (route choice and gate overrides), if any."""
+    `serving` extension field (route choice and gate overrides), if any.
 
-    __slots__ = ("body", "client_usage", "model", "overrides", "request", "stream")
+    `endpoint` is the internal request kind (`chat`, `completions`, `embeddings`) the pipeline serves; `edge` the
+    endpoint's own wire format when it is not OpenAI's (`serving.api.edge`), which also sets `body` to the internal
+    chat body (what policies, caches and audit read)."""
+
+    __slots__ = ("body", "client_usage", "edge", "endpoint", "model", "overrides", "request", "stream")
 
     def __init__(self, model: str, stream: bool, client_usage: bool, request: Any,
-                 overrides: RequestOverrides | None = None, body: dict[str, Any] | None = None):
+                 overrides: RequestOverrides | None = None, body: dict[str, Any] | None = None,
+                 endpoint: str = "chat", edge: Any = None):
         self.model = model
         self.stream = stream
         self.client_usage = client_usage
         self.request = request
         self.overrides = overrides
         self.body = body if body is not None else {}  # the JSON body as sent (without `serving`)
+        self.endpoint = endpoint
+        self.edge = edge
 
 
-def _pop_overrides(body: dict[str, Any]) -> RequestOverrides | None:
+def pop_overrides(body: dict[str, Any]) -> RequestOverrides | None:
     """Take the `serving` extension field out of the body (engines never see it) and validate it."""
     raw = body.pop("serving", None)
     if raw is None:
@@ -237,14 +276,24 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
 
 def parse_chat(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/chat/completions` body."""
-    body = _drop_nulls(parse_json_object(raw))
-    overrides = _pop_overrides(body)
+    return chat_request(parse_json_object(raw))
+
+
+def chat_request(body: dict[str, Any]) -> ParsedRequest:
+    """Validate an OpenAI chat/completions body (a JSON object; an edge's translated request too)."""
+    body = drop_nulls(body)
+    overrides = pop_overrides(body)
     model = _check_common(body)
     _check_messages(body)
     _check_tools(body)
     _check_chat_logprobs(body)
     stream, client_usage = _stream_flags(body)
-    return ParsedRequest(model, stream, client_usage, _validate(ChatCompletionRequest, body), overrides, body)
+    return ParsedRequest(model, stream, client_usage, validate_model(ChatCompletionRequest, body), overrides, body)
+
+
+def revalidate_chat(parsed: ParsedRequest) -> None:
+    """Validate `parsed.body` again into `parsed.request` (after an edge changed it, e.g. added history)."""
+    parsed.request = validate_model(ChatCompletionRequest, parsed.body)
 
 
 def _check_token_ids(prompt: list[Any]) -> None:
@@ -263,8 +312,8 @@ def _check_token_ids(prompt: list[Any]) -> None:
 
 def parse_completion(raw: bytes) -> ParsedRequest:
     """Validate a `POST /v1/completions` body."""
-    body = _drop_nulls(parse_json_object(raw))
-    overrides = _pop_overrides(body)
+    body = drop_nulls(parse_json_object(raw))
+    overrides = pop_overrides(body)
     model = _check_common(body)
     prompt = body.get("prompt")
     if prompt is None:
@@ -278,4 +327,5 @@ def parse_completion(raw: bytes) -> ParsedRequest:
         _check_token_ids(prompt)
     _check_int(body, "logprobs", 0, 20)
     stream, client_usage = _stream_flags(body)
-    return ParsedRequest(model, stream, client_usage, _validate(CompletionRequest, body), overrides, body)
+    return ParsedRequest(model, stream, client_usage, validate_model(CompletionRequest, body), overrides, body,
+                         endpoint="completions")

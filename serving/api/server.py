@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,11 +17,17 @@ from starlette.responses import JSONResponse, Response
 
 from serving.api.admin import admin_router
 from serving.api.dispatch import Dispatcher
+from serving.api.embeddings import parse_embeddings
 from serving.api.errors import APIError, install_error_handlers
+from serving.api.messages import error_envelope
+from serving.api.messages_request import parse_messages
 from serving.api.middleware import RequestIdMiddleware
 from serving.api.openapi import Served, document, engines_of
 from serving.api.pipeline import Parser, Pipeline, policy_error, request_id
 from serving.api.protocol import parse_chat, parse_completion
+from serving.api.responses import delete as delete_stored_response
+from serving.api.responses import retrieve as retrieve_response
+from serving.api.responses_request import parse_responses
 from serving.api.shadow import Mirror
 from serving.config import (
     VLLM_DEFAULT_MAX_NUM_SEQS,
@@ -35,8 +41,9 @@ from serving.config import (
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing, provider_from_config
 from serving.policy.admission import AdmissionTable, Bounds, bounds_for
-from serving.policy.context import PolicyError
+from serving.policy.context import PolicyError, RequestContext
 from serving.policy.layer import PolicyLayer
+from serving.policy.response_store import ResponseStore
 from serving.policy.route_pii import RoutePII
 from serving.routing.breaker_board import BreakerBoard
 from serving.routing.cascade import Cascade
@@ -68,6 +75,7 @@ class Gateway:
         self.tiers.breaker_hook = self.breakers.changed
         self.admission = AdmissionTable(metrics)
         self.capacity: dict[str, int] = {}
+        self._responses: ResponseStore | None = None
         self.pipeline = Pipeline(
             router, self.routes, self.health, self.policy, Dispatcher(self.cascade, self.policy, RoutePII(metrics)),
             Mirror(metrics, settings.request_timeout_s), metrics, settings.max_body_bytes, self.tracing,
@@ -76,10 +84,12 @@ class Gateway:
 
     def update_routing(self, providers: Mapping[str, ProviderConfig], tiers: Mapping[str, TierConfig],
                        routes: Mapping[str, RouteConfig], tenants: Mapping[str, TenantConfig],
-                       capacity: Mapping[str, int] | None = None, context: Mapping[str, int] | None = None) -> None:
+                       capacity: Mapping[str, int] | None = None, context: Mapping[str, int] | None = None,
+                       embedding_groups: Sequence[str] | None = None) -> None:
         """Apply new tiers, routes and tenants (from the deployment's user_config) without a restart, and the
         admission bounds that follow from them and the engines' `capacity` (engine -> concurrent sequences);
-        `context`: engine -> max_model_len, for the context-window fallback."""
+        `context`: engine -> max_model_len, for the context-window fallback; `embedding_groups`: the model groups
+        that answer /v1/embeddings (and nothing else)."""
         self.tiers.update(tiers, providers)
         self.routes.update(routes, tenants)
         self.policy.set_tenants(tenants)
@@ -87,6 +97,8 @@ class Gateway:
             self.capacity = dict(capacity)
         if context is not None:
             self.tiers.engine_context = dict(context)
+        if embedding_groups is not None:
+            self.pipeline.embedding_groups = set(embedding_groups)
         self.admission.update(self.admission_bounds(providers))
 
     def admission_bounds(self, providers: Mapping[str, ProviderConfig]) -> dict[str, Bounds]:
@@ -124,14 +136,28 @@ class Gateway:
         """Serve one inference request through the pipeline."""
         return await self.pipeline.handle(request, endpoint, parse)
 
-    async def caller_models(self, request: Request) -> set[str] | None:
-        """Authenticate a /v1/models call like any other (401 in the error envelope); the names its tenant may use
-        (None: all)."""
-        ctx = self.policy.begin("models", request_id(request))
+    def responses_store(self) -> ResponseStore | None:
+        """Where Responses API answers are kept: the policy store's Redis (None without one, or when off)."""
+        store, cfg = self.policy.store, self.policy.cfg.responses
+        if store is None or not cfg.enabled:
+            return None
+        if self._responses is None or self._responses.store is not store or self._responses.ttl_s != cfg.ttl_s:
+            self._responses = ResponseStore(store, cfg.ttl_s)
+        return self._responses
+
+    async def caller(self, request: Request, endpoint: str) -> RequestContext:
+        """Authenticate a call outside the pipeline (401 in the envelope); its context (tenant)."""
+        ctx = self.policy.begin(endpoint, request_id(request))
         try:
             await self.policy.authenticate(ctx, request.headers)
         except PolicyError as exc:
             raise policy_error(exc) from None
+        return ctx
+
+    async def caller_models(self, request: Request) -> set[str] | None:
+        """Authenticate a /v1/models call like any other (401 in the error envelope); the names its tenant may use
+        (None: all)."""
+        ctx = await self.caller(request, "models")
         return self.policy.allowed_models(ctx.tenant)
 
     async def served(self, request: Request) -> Served:
@@ -158,9 +184,10 @@ class Gateway:
         """The /v1/models entry of a model group or route (None if neither)."""
         card = {"id": name, "object": "model", "created": self.created, "owned_by": "serving"}
         if name in self.router.groups:
-            return {**card, "engines": [e.name for e in self.router.groups[name].engines]}
+            task = "embeddings" if name in self.pipeline.embedding_groups else "chat"
+            return {**card, "engines": [e.name for e in self.router.groups[name].engines], "task": task}
         if name in self.routes.routes:
-            return {**card, "tiers": [t.tier for t in self.routes.routes[name].config.tiers]}
+            return {**card, "tiers": [t.tier for t in self.routes.routes[name].config.tiers], "task": "chat"}
         return None
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
@@ -198,7 +225,7 @@ def build_api(
     # FastAPI's own document is off: /openapi.json serves serving.api.openapi's (the endpoints take raw bodies).
     app = FastAPI(title="serving gateway", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
-    install_error_handlers(app)
+    install_error_handlers(app, {"/v1/messages": error_envelope, "/v1/messages/count_tokens": error_envelope})
     app.add_middleware(RequestIdMiddleware, add_header=add_request_id)
 
     @app.post("/v1/chat/completions")
@@ -208,6 +235,28 @@ def build_api(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await gw.handle(request, "completions", parse_completion)
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        return await gw.handle(request, "messages", parse_messages)
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await gw.handle(request, "responses", lambda raw: parse_responses(raw, gw.responses_store()))
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(request: Request, response_id: str) -> Response:
+        ctx = await gw.caller(request, "responses")
+        return JSONResponse(await retrieve_response(gw.responses_store(), ctx.tenant, response_id))
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(request: Request, response_id: str) -> Response:
+        ctx = await gw.caller(request, "responses")
+        return JSONResponse(await delete_stored_response(gw.responses_store(), ctx.tenant, response_id))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await gw.handle(request, "embeddings", parse_embeddings)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:

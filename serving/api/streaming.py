@@ -151,7 +151,9 @@ def replay(body: dict[str, Any], endpoint: str, client_usage: bool) -> Iterator[
             i, msg = c.get("index", 0), c.get("message") or {}
             yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                             "logprobs": None, "finish_reason": None}]})
-            delta = {k: msg[k] for k in ("content", "tool_calls", "refusal") if msg.get(k) is not None}
+            delta = {k: msg[k] for k in ("content", "refusal") if msg.get(k) is not None}
+            if msg.get("tool_calls"):  # stream deltas carry each call's position (what the SDKs accumulate by)
+                delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(msg["tool_calls"])]
             if delta:
                 yield sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": c.get("logprobs"),
                                                 "finish_reason": None}]})

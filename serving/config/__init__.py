@@ -81,6 +81,7 @@ from serving.config.routing import (
     RouteTier,
     RulesGateConfig,
     TierConfig,
+    ToolsGateConfig,
 )
 from serving.config.tenants import (
     TenantConfig,
@@ -143,6 +144,7 @@ __all__ = [
     "StrictModel",
     "TenantConfig",
     "TierConfig",
+    "ToolsGateConfig",
     "TracingConfig",
     "format_validation_error",
     "load_config",

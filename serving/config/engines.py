@@ -14,6 +14,19 @@ from serving.config.base import StrictModel
 
 Quantization = Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8"]
 
+TOOL_CALL_PARSERS = frozenset({
+    "apertus", "cohere_command3", "cohere_command4", "deepseek_v3", "deepseek_v31", "deepseek_v32", "deepseek_v4",
+    "deepseek_v41", "dots", "ernie45", "functiongemma", "gemma4", "gigachat3", "glm45", "glm47", "granite",
+    "granite-20b-fc", "granite4", "hermes", "hf", "hunyuan_a13b", "hy_v3", "hy_v4", "inkling", "internlm", "jamba",
+    "k2_horizon", "kimi_k2", "kimi_k3", "lfm2", "ling3", "llama3_json", "llama4_json", "llama4_pythonic", "longcat",
+    "mimo", "minicpm5", "minimax_m2", "minimax_m3", "mistral", "muse_glimmer", "olmo3", "openai", "phi4_mini_json",
+    "plamo3", "poolside_v1", "pythonic", "qwen3_coder", "qwen3_json", "qwen3_xml", "seed_oss", "step3", "step3p5",
+    "xlam",
+})
+"""vLLM 0.32's tool-call parsers (`vllm.tool_parsers.ToolParserManager`; a unit test keeps this list in step)."""
+
+EngineTask = Literal["generate", "embed"]
+
 
 class GPUSpec(StrictModel):
     """GPU placement of one engine replica (CUDA vLLM)."""
@@ -81,6 +94,29 @@ class EngineConfig(StrictModel):
         default_factory=dict, description="Extra vLLM engine arguments; they override the generated ones."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the engine replicas.")
+    task: EngineTask = Field(
+        "generate",
+        description="generate: chat/completions (a causal LM); embed: /v1/embeddings (a pooling model, vLLM's "
+                    "`runner: pooling`). Default: the model catalog's (embed for builtin:all-minilm-l6-v2).",
+    )
+    tool_call_parser: str | None = Field(
+        None,
+        description=(
+            "vLLM tool-call parser (e.g. llama3_json, hermes); default: the model catalog's for catalog: and "
+            "builtin: models. `none` turns tool calling off. Needed for tool_choice auto, required and named."
+        ),
+    )
+    auto_tool_choice: bool = Field(
+        True, description="Let the model decide to call tools (tool_choice auto); needs a tool_call_parser.",
+    )
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "parameter",
+        description=(
+            "vLLM's structured-output floor for tool calls: parameter (default) constrains every call's arguments "
+            "to its function's JSON schema, as if each tool had `strict: true`; function only the call envelope "
+            "and function name; auto follows tool_choice and each tool's own `strict`."
+        ),
+    )
 
     @field_validator("model")
     @classmethod
@@ -96,6 +132,40 @@ class EngineConfig(StrictModel):
 
         if self.revision is not None:
             parse_model_source(self.model, revision=self.revision)  # builtin/path take none; inline must agree
+        return self
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        if value is not None and value != "none" and value not in TOOL_CALL_PARSERS:
+            raise ValueError(f"unknown tool-call parser {value!r}; vLLM has: {', '.join(sorted(TOOL_CALL_PARSERS))}")
+        return value
+
+    def tool_parser(self) -> str | None:
+        """The tool-call parser this engine runs with (None: tool calling off)."""
+        if self.task != "generate" or self.tool_call_parser == "none":
+            return None
+        if self.tool_call_parser is not None:
+            return self.tool_call_parser
+        from models.catalog import entry_for_source
+
+        entry = entry_for_source(self.model)
+        return entry.tool_call_parser if entry is not None else None
+
+    @model_validator(mode="after")
+    def _task_from_catalog(self) -> EngineConfig:
+        from models.catalog import entry_for_source
+
+        entry = entry_for_source(self.model)
+        if entry is None:
+            return self
+        if "task" not in self.model_fields_set:
+            if entry.task != self.task:
+                self.task = entry.task
+        elif entry.task != self.task:
+            raise ValueError(f"task {self.task!r} does not fit {self.model}: it is a {entry.task!r} model")
+        if self.task == "embed" and self.tool_call_parser not in (None, "none"):
+            raise ValueError("an embedding engine (task: embed) takes no tool_call_parser")
         return self
 
     @model_validator(mode="after")

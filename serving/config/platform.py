@@ -202,6 +202,7 @@ class PlatformConfig(StrictModel):
                     f"model_groups.{group_name}.shadow.engine: unknown engine {group.shadow.engine!r} "
                     f"(defined: {', '.join(sorted(self.engines))})"
                 )
+        self._check_tasks()
         self._check_routing()
         self._check_policies()
         for rollout_group in self.rollout.models:
@@ -211,6 +212,26 @@ class PlatformConfig(StrictModel):
                     f"(defined: {', '.join(sorted(self.model_groups))})"
                 )
         return self
+
+    def group_task(self, group: str) -> str:
+        """`generate` or `embed`: what the engines of a model group do (all the same, checked at load)."""
+        return self.engines[self.model_groups[group].engines[0].engine].task
+
+    def embedding_groups(self) -> list[str]:
+        """The model groups of embedding engines (they answer /v1/embeddings only)."""
+        return [name for name in self.model_groups if self.group_task(name) == "embed"]
+
+    def _check_tasks(self) -> None:
+        for name, group in self.model_groups.items():
+            members = [m.engine for m in group.engines] + ([group.shadow.engine] if group.shadow else [])
+            tasks = {self.engines[e].task for e in members}
+            if len(tasks) > 1:
+                raise ValueError(f"model_groups.{name}.engines: mixes embedding and generating engines "
+                                 f"({', '.join(f'{e}: {self.engines[e].task}' for e in members)})")
+        for name, tier in self.tiers.items():
+            if tier.model_group in self.model_groups and self.group_task(tier.model_group) == "embed":
+                raise ValueError(f"tiers.{name}.model_group: {tier.model_group!r} is an embedding model group; "
+                                 "tiers answer chat and completions (clients call embedding groups by name)")
 
     def _check_policies(self) -> None:
         if not self.policies.auth.enabled and self.gateway.host not in LOOPBACK_HOSTS:

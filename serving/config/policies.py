@@ -117,6 +117,14 @@ class AuditConfig(StrictModel):
     )
 
 
+class ResponsesStoreConfig(StrictModel):
+    """Stored Responses API answers (`previous_response_id`, `GET`/`DELETE /v1/responses/{id}`), kept per tenant in
+    the policy store's Redis; without Redis nothing is stored and `previous_response_id` is a 400."""
+
+    enabled: bool = Field(True, description="Store responses (unless the request says `store: false`).")
+    ttl_s: int = Field(7 * 86400, ge=60, description="How long a stored response can be continued or read.")
+
+
 class PoliciesConfig(StrictModel):
     """The gateway's policy layer (docs/policies.md)."""
 
@@ -126,6 +134,7 @@ class PoliciesConfig(StrictModel):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    responses: ResponsesStoreConfig = Field(default_factory=ResponsesStoreConfig)
     injection: Literal["off", "flag", "block"] = Field(
         "flag",
         description=(

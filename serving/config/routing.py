@@ -17,7 +17,7 @@ from serving.config.base import StrictModel
 from serving.config.policies import PIIPolicy
 
 GateKind = Literal["json", "rules", "refusal", "empty", "confidence", "judge"]
-GATE_KINDS: tuple[str, ...] = ("json", "rules", "refusal", "empty", "confidence", "judge")
+GATE_KINDS: tuple[str, ...] = ("json", "tools", "rules", "refusal", "empty", "confidence", "judge")
 
 DEFAULT_REFUSAL_PATTERNS = (
     r"\bI(?:['\u2019]m| am) (?:sorry|afraid),? (?:but )?I (?:can(?:no|['\u2019])t|am unable|won['\u2019]t)",
@@ -185,6 +185,18 @@ class JsonGateConfig(StrictModel):
         return value
 
 
+class ToolsGateConfig(StrictModel):
+    """Tool calls must be usable: each names a function the request declared, its arguments are a JSON object that
+    matches that function's `parameters` schema, and `tool_choice` required / a named function was obeyed.
+
+    Applies to requests that declare `tools`; answers without tool calls pass unless `tool_choice` demanded one.
+    """
+
+    require_call_when_asked: bool = Field(
+        True, description="tool_choice `required` or a named function: an answer without that call fails.",
+    )
+
+
 class RulesGateConfig(StrictModel):
     """Regex and length rules on the answer text."""
 
@@ -258,6 +270,7 @@ class GatesConfig(StrictModel):
     """The gates of a route (null: off). Per request, `serving.gates` in the body overrides them."""
 
     json_: JsonGateConfig | None = Field(None, alias="json")
+    tools: ToolsGateConfig | None = None
     rules: RulesGateConfig | None = None
     refusal: RefusalGateConfig | None = None
     empty: EmptyGateConfig | None = None

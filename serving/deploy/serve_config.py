@@ -61,6 +61,7 @@ def gateway_user_config(config: PlatformConfig) -> dict[str, Any]:
         "capacity": {name: engine_capacity(engine) for name, engine in config.engines.items()},
         "context": {name: n for name, engine in config.engines.items() if (n := engine_context(engine))},
         "model_groups": dump(config.model_groups),
+        "embedding_groups": config.embedding_groups(),
         "providers": dump(config.providers),
         "tiers": dump(config.tiers),
         "routes": dump(config.routes),

@@ -4,7 +4,18 @@ Requests (vLLM's `ChatCompletionRequest` / `CompletionRequest`) are mapped to `P
 
 * system/developer messages -> `system` (joined with blank lines); user/assistant messages -> `messages`, with
   consecutive same-role messages merged and OpenAI text parts turned into text blocks; image/audio/file parts,
-  tool/function messages, assistant tool calls and `tools` -> `EngineRejected` (400); `n > 1` -> `EngineRejected`;
+  legacy `function` messages / `function_call` -> `EngineRejected` (400); `n > 1` -> `EngineRejected`;
+* tools: function `tools` -> `tools` (`{"name", "description", "input_schema": parameters}`, an empty object schema
+  without parameters; `strict` kept); `tool_choice` "auto" -> `{"type": "auto"}`, "required" -> `{"type": "any"}`,
+  "none" -> `{"type": "none"}` (the tools are still sent: the history may use them), a named function ->
+  `{"type": "tool", "name"}`; `parallel_tool_calls: false` -> `disable_parallel_tool_use: true` in it (with
+  `{"type": "auto"}` when no tool_choice was given); other tool types -> `EngineRejected`;
+* history: an assistant message's `tool_calls` -> `tool_use` blocks after its text (`input` = the parsed
+  `arguments`, which must be a JSON object: else `EngineRejected` naming `messages[i].tool_calls[j].function.
+  arguments`); `tool` messages -> `tool_result` blocks (`tool_use_id`, the text as `content`) of ONE user turn,
+  which a following user message's text joins; a tool message that answers no pending call, or a tool call left
+  unanswered, -> `EngineRejected`. Ids Anthropic would refuse (outside `[a-zA-Z0-9_-]`) are rewritten the same way
+  in calls and results;
 * `max_completion_tokens` / `max_tokens` (else `default_max_tokens`: Anthropic requires one); `stop` ->
   `stop_sequences`; `user` -> `metadata.user_id`; `response_format` json_object / json_schema -> an instruction
   appended to the system prompt ("Reply with only a JSON object ..." + the schema);
@@ -13,15 +24,19 @@ Requests (vLLM's `ChatCompletionRequest` / `CompletionRequest`) are mapped to `P
   defaults; older API versions and some proxies accept them. Logprobs, seed, penalties, logit_bias are ignored
   (Anthropic has none; the router skips its confidence gate for Anthropic tiers);
 * completions: the prompt (a string, or a list of one string) is one user message; the answer comes back in the
-  `text_completion` shape (`echo` prepends the prompt; `suffix`, `best_of > 1`, several prompts -> rejected).
+  `text_completion` shape (`echo` prepends the prompt; `suffix`, `best_of > 1`, several prompts -> rejected);
+  tools do not apply.
 
 Non-streamed: yields ONE `Completed` holding an `openai.types.chat.ChatCompletion` / `openai.types.Completion`
-(id = the message id, finish_reason mapped: end_turn/stop_sequence/pause_turn -> stop,
-max_tokens/model_context_window_exceeded -> length, tool_use -> tool_calls, refusal -> content_filter; usage with
-prompt_tokens = input + cache tokens).
+(id = the message id; `tool_use` blocks -> `message.tool_calls` `{"id", "type": "function", "function": {"name",
+"arguments": json.dumps(input)}}` with `content` None when there is no text; finish_reason mapped:
+end_turn/stop_sequence/pause_turn -> stop, max_tokens/model_context_window_exceeded -> length, tool_use ->
+tool_calls, refusal -> content_filter; usage with prompt_tokens = input + cache tokens).
 Streamed: the raw event stream becomes `chat.completion.chunk` (or `text_completion`) SSE `Chunk`s: a role chunk,
-one chunk per text delta, a finish chunk, the usage chunk (`"choices": []`) when
-`stream_options.include_usage`, then `data: [DONE]`.
+one chunk per text delta, per `tool_use` block a chunk `delta.tool_calls=[{"index": k, "id", "type": "function",
+"function": {"name", "arguments": ""}}]` (k counts tool calls from 0) then one `{"index": k, "function":
+{"arguments": partial_json}}` per `input_json_delta` (`"{}"` at the block's end when none came), a finish chunk,
+the usage chunk (`"choices": []`) when `stream_options.include_usage`, then `data: [DONE]`.
 
 Errors map like `serving.engines.openai_compat` (see its table; 529 overloaded -> `EngineUnavailable`, or
 `EngineRateLimited` with a retry-after); an in-stream `error` event -> `EngineFailed`.
@@ -173,6 +188,11 @@ class AnthropicEngine:
         if not isinstance(content, list) or usage is None or not getattr(msg, "id", None):
             raise EngineFailed(f"engine {self.name}: malformed response from upstream (no message content)")
         text = "".join(getattr(b, "text", "") or "" for b in content if getattr(b, "type", None) == "text")
+        tool_calls = [
+            {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
+            for b in content
+            if getattr(b, "type", None) == "tool_use"
+        ]
         reason = finish_reason(getattr(msg, "stop_reason", None))
         usage_out = openai_usage(
             usage.input_tokens or 0,
@@ -191,7 +211,11 @@ class AnthropicEngine:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
+                            "message": {
+                                "role": "assistant",
+                                "content": text or (None if tool_calls else ""),
+                                **({"tool_calls": tool_calls} if tool_calls else {}),
+                            },
                             "logprobs": None,
                             "finish_reason": reason,
                         }
@@ -218,6 +242,8 @@ class AnthropicEngine:
         cache_creation = cache_read = None
         stop_reason: str | None = None
         stopped = False
+        tool_index: dict[int, int] = {}  # content block index -> tool call index (0, 1, ...)
+        no_arguments: dict[int, Any] = {}  # tool blocks no argument delta came for yet -> their input at start
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> Chunk:
             return sse(
@@ -233,6 +259,9 @@ class AnthropicEngine:
                     separators=(",", ":"),
                 )
             )
+
+        def tool_delta(call: dict[str, Any]) -> Chunk:
+            return chunk([{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}])
 
         def content(text: str, reason: str | None = None) -> Chunk:
             if chat:
@@ -279,10 +308,23 @@ class AnthropicEngine:
                     block = event.content_block
                     if getattr(block, "type", None) == "text" and getattr(block, "text", ""):
                         yield content(block.text)
+                    elif getattr(block, "type", None) == "tool_use" and chat:
+                        k = tool_index[event.index] = len(tool_index)
+                        no_arguments[event.index] = block.input
+                        fn = {"name": block.name, "arguments": ""}
+                        yield tool_delta({"index": k, "id": block.id, "type": "function", "function": fn})
                 elif kind == "content_block_delta":
                     delta = event.delta
-                    if getattr(delta, "type", None) == "text_delta" and delta.text:
+                    dtype = getattr(delta, "type", None)
+                    if dtype == "text_delta" and delta.text:
                         yield content(delta.text)
+                    elif dtype == "input_json_delta" and delta.partial_json and event.index in tool_index:
+                        no_arguments.pop(event.index, None)
+                        fn = {"arguments": delta.partial_json}
+                        yield tool_delta({"index": tool_index[event.index], "function": fn})
+                elif kind == "content_block_stop" and event.index in no_arguments:  # the input as it started
+                    fn = {"arguments": json.dumps(no_arguments.pop(event.index) or {})}
+                    yield tool_delta({"index": tool_index[event.index], "function": fn})
                 elif kind == "message_delta":
                     stop_reason = event.delta.stop_reason or stop_reason
                     usage = event.usage
@@ -296,7 +338,7 @@ class AnthropicEngine:
                             cache_read = usage.cache_read_input_tokens
                 elif kind == "message_stop":
                     stopped = True
-                # content_block_stop, ping and unknown events carry nothing to relay
+                # other content_block_stop, ping and unknown events carry nothing to relay
         finally:
             await stream.close()
         if not stopped or not rid:

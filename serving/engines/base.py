@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, Literal, NewType, Protocol
 
-Endpoint = Literal["chat", "completions"]
+Endpoint = Literal["chat", "completions", "embeddings"]
 
 Chunk = NewType("Chunk", str)
 """One server-sent event of a streamed answer, exactly as it goes on the wire: `"data: {...}\\n\\n"` (the last one

@@ -40,7 +40,7 @@ class RayLLMEngine:
         self._handle = handle
 
     async def generate(self, endpoint: Endpoint, request: Any) -> AsyncGenerator[EngineItem, None]:
-        method = self._stream_handle.chat if endpoint == "chat" else self._stream_handle.completions
+        method = getattr(self._stream_handle, endpoint)  # chat / completions / embeddings
         responses: Any = method.remote(request)  # a DeploymentResponseGenerator (stream=True)
         finished = False
         try:

@@ -54,6 +54,14 @@ def engine_kwargs(engine: EngineConfig) -> dict[str, Any]:
         kwargs["max_num_seqs"] = engine.max_num_seqs
     if engine.quantization is not None:
         kwargs["quantization"] = engine.quantization
+    if engine.task == "embed":
+        kwargs["runner"] = "pooling"  # vLLM serves /v1/embeddings from a pooling model
+    elif (parser := engine.tool_parser()) is not None:
+        # tool_choice auto / required / named: vLLM refuses them without a parser (named and required then run
+        # through structured output, so even a small model answers with a valid call)
+        kwargs["tool_call_parser"] = parser
+        kwargs["enable_auto_tool_choice"] = engine.auto_tool_choice
+        kwargs["tool_strict_level"] = engine.tool_strict_level  # arguments follow the schema, even from a small model
     if engine.device == "cpu":
         kwargs["enforce_eager"] = True  # compiled mode starts in minutes on CPU and is no faster
         if engine.dtype == "auto" and engine.quantization is None:

@@ -127,7 +127,11 @@ class PolicyLayer:
         if not self.cfg.auth.enabled:
             principal = Principal(headers.get(self.tenant_header) or None)
         else:
-            principal = await self._key_principal(headers.get("authorization"))
+            # OpenAI SDKs send `Authorization: Bearer KEY`, Anthropic's `x-api-key: KEY`: the same keys serve both
+            authorization = headers.get("authorization")
+            if not authorization and (api_key := headers.get("x-api-key")):
+                authorization = f"Bearer {api_key}"
+            principal = await self._key_principal(authorization)
         ctx.principal = principal
         ctx.tenant = principal.tenant or "default"
         ctx.label = self.tenant_label(ctx.tenant)
@@ -177,7 +181,7 @@ class PolicyLayer:
     async def admit(self, ctx: RequestContext, endpoint: str, body: dict[str, Any]) -> None:
         """Injection heuristics, then limits, quotas, budgets, kill switches and the runaway check in one Redis
         round trip. Raises `PolicyError` (400/401/403/429/503); sets `ctx.headers` (x-ratelimit-*)."""
-        if self.cfg.injection != "off":
+        if self.cfg.injection != "off" and endpoint != "embeddings":  # texts to embed are not instructions
             ctx.injection = injection_signals(endpoint, body)
             if ctx.injection:
                 action = "blocked" if self.cfg.injection == "block" else "flagged"
@@ -188,7 +192,7 @@ class PolicyLayer:
                                       "prompt_injection_suspected")
         tcfg = self.tenants.get(ctx.tenant)
         if tcfg is not None and tcfg.audit_prompts:
-            ctx.prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
+            ctx.prompt = body.get({"chat": "messages", "embeddings": "input"}.get(endpoint, "prompt"))
         if self.store is None:
             self.metrics.policy_decisions.labels(ctx.label, "allowed").inc()
             return

@@ -57,7 +57,7 @@ class ResponseCache:
             self.metrics.redis_errors.labels("cache").inc()
             ctx.cache, ctx.cache_store = "error", False
             return None
-        if hit is None and self.semantic is not None and self.cfg.semantic.enabled:
+        if hit is None and self.semantic is not None and self.cfg.semantic.enabled and ctx.endpoint != "embeddings":
             hit = await self._semantic_lookup(ctx, store, body, overrides)
             if hit is not None:
                 ctx.cache = "semantic_hit"

@@ -34,8 +34,9 @@ class SemanticUnavailable(RuntimeError):
 
 
 def prompt_text(endpoint: str, body: dict[str, Any]) -> str:
-    """The text a request's answer depends on, as one string."""
-    if endpoint == "chat":
+    """The text a request's answer depends on, as one string (`body`: an OpenAI chat or completions body; the chat
+    body of the Messages and Responses edges too)."""
+    if endpoint != "completions":
         lines = []
         for m in body.get("messages") or ():
             if not isinstance(m, dict):

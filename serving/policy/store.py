@@ -175,3 +175,14 @@ class PolicyStore:
                 await pipe.execute()
 
         await self._call(add)
+
+    # ------------------------------------------------------------------------------------ stored responses
+
+    async def record_get(self, key: str) -> str | None:
+        return await self._call(lambda: self.redis.get(key))
+
+    async def record_put(self, key: str, value: str, ttl_s: int) -> None:
+        await self._call(lambda: self.redis.set(key, value, ex=ttl_s))
+
+    async def record_delete(self, key: str) -> bool:
+        return bool(await self._call(lambda: self.redis.delete(key)))

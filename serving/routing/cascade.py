@@ -12,6 +12,7 @@ A model group is a one-tier route (`RouteTable.group_route`), served by the same
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -23,9 +24,10 @@ from serving.config import RouteConfig, RouteTier
 from serving.engines.base import Completed, EngineItem, EngineRejected
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.tracing import Tracing
+from serving.routing.answers import Answer, Gate, GateContext, GateResult
 from serving.routing.call import DeadlineReached, TierCaller, outcome_of
 from serving.routing.context_window import does_not_fit
-from serving.routing.gates import Answer, Gate, GateContext, GateResult, run_gates
+from serving.routing.gates import run_gates
 from serving.routing.outcomes import Attempt, CascadeError, Outcome, StreamStart, failure
 from serving.routing.progress import DeadlinePassed
 from serving.routing.resilience import BREAKER_STATES
@@ -52,9 +54,9 @@ STREAM_OPTIONS: Any = next(a for a in get_args(ChatCompletionRequest.model_field
 
 
 def streams_internally(endpoint: str, request: Any) -> bool:
-    """Whether a request served to completion is streamed from the engine: all but completions with `echo` or
-    `best_of` > 1 and requests for prompt logprobs, which vLLM answers only non-streamed."""
-    if getattr(request, "prompt_logprobs", None) is not None:
+    """Whether a request served to completion is streamed from the engine: all but embeddings, completions with
+    `echo` or `best_of` > 1 and requests for prompt logprobs, which vLLM answers only non-streamed."""
+    if endpoint == "embeddings" or getattr(request, "prompt_logprobs", None) is not None:
         return False
     non_streaming = bool(getattr(request, "echo", False)) or (getattr(request, "best_of", None) or 1) > 1
     return endpoint != "completions" or not non_streaming
@@ -255,7 +257,12 @@ class Cascade:
     @staticmethod
     def _correction(request: Any, answer: Answer, failed: list[GateResult]) -> Any:
         reasons = "\n".join(f"- {r}" for g in failed for r in (g.reasons or [f"the {g.gate} check failed"]))
-        messages = [*request.messages, {"role": "assistant", "content": answer.texts[0] if answer.texts else ""},
+        said = answer.texts[0] if answer.texts else ""
+        if answer.tool_calls and answer.tool_calls[0]:  # the failed calls as text: no dangling tool_call ids
+            calls = [{"name": (c.get("function") or {}).get("name"),
+                      "arguments": (c.get("function") or {}).get("arguments")} for c in answer.tool_calls[0]]
+            said = (said + "\n" if said else "") + "Tool calls: " + json.dumps(calls)
+        messages = [*request.messages, {"role": "assistant", "content": said},
                     {"role": "user", "content": CORRECTION_PROMPT.format(reasons=reasons)}]
         return request.model_copy(update={"messages": messages})
 

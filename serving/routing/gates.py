@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jsonschema
 
@@ -25,104 +23,18 @@ from serving.config import (
     RefusalGateConfig,
     RulesGateConfig,
 )
+from serving.routing.answers import (
+    MAX_REASONS,
+    Answer,
+    Gate,
+    GateContext,
+    GateResult,
+    gate_result,
+    per_choice,
+)
+from serving.routing.tool_gate import ToolsGate
 
 logger = logging.getLogger("serving.routing")
-_MAX_REASONS = 3
-
-
-@dataclass
-class Answer:
-    """One tier's answer, as the gates see it (every choice of a response)."""
-
-    body: dict[str, Any]
-    endpoint: str
-    texts: list[str]
-    finish_reasons: list[str | None]
-    token_logprobs: list[list[float]] | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any], endpoint: str) -> Answer:
-        """Read texts, finish reasons, token logprobs and usage out of an OpenAI response body."""
-        choices = body.get("choices") or []
-        texts, finishes, logprobs = [], [], []
-        have_logprobs = bool(choices)
-        for choice in choices:
-            if endpoint == "chat":
-                texts.append((choice.get("message") or {}).get("content") or "")
-                entries = (choice.get("logprobs") or {}).get("content")
-                lps = [e["logprob"] for e in entries] if entries else None
-            else:
-                texts.append(choice.get("text") or "")
-                lps = (choice.get("logprobs") or {}).get("token_logprobs")
-                lps = [x for x in lps if x is not None] if lps else None
-            finishes.append(choice.get("finish_reason"))
-            if lps is None:
-                have_logprobs = False
-            else:
-                logprobs.append([max(x, -1e4) if math.isfinite(x) else -1e4 for x in lps])
-        usage = body.get("usage") or {}
-        return cls(body, endpoint, texts, finishes, logprobs if have_logprobs else None,
-                   usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-
-
-@dataclass
-class GateResult:
-    """The outcome of one gate on one answer."""
-
-    gate: str
-    passed: bool
-    reasons: list[str] = field(default_factory=list)
-    skipped: bool = False
-    score: float | None = None
-
-    @property
-    def label(self) -> str:
-        return "skip" if self.skipped else "pass" if self.passed else "fail"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"gate": self.gate, "result": self.label}
-        if self.reasons:
-            out["reasons"] = self.reasons
-        if self.score is not None:
-            out["score"] = round(self.score, 4)
-        return out
-
-
-JudgeCall = Callable[[str, str, int], Awaitable[str]]
-"""`(tier, prompt, max_tokens) -> answer text`: how the judge gate asks another tier."""
-
-
-@dataclass
-class GateContext:
-    """What a gate may look at besides the answer: the request, and a way to call a judge tier."""
-
-    request: Any
-    endpoint: str
-    judge: JudgeCall | None = None
-    logprobs_available: bool = True
-
-
-class Gate(Protocol):
-    """A pluggable check on an answer."""
-
-    name: str
-
-    async def check(self, answer: Answer, ctx: GateContext) -> GateResult: ...
-
-
-def _per_choice(answer: Answer, fn: Callable[[str, str | None], list[str]]) -> list[str]:
-    """Run `fn(text, finish_reason)` on every choice; prefix reasons with the choice index when n > 1."""
-    reasons: list[str] = []
-    for i, (text, finish) in enumerate(zip(answer.texts, answer.finish_reasons, strict=True)):
-        found = fn(text, finish)
-        reasons += [f"choice {i}: {r}" for r in found] if len(answer.texts) > 1 else found
-    return reasons[:_MAX_REASONS]
-
-
-def _result(name: str, reasons: list[str], **kw: Any) -> GateResult:
-    return GateResult(name, not reasons, reasons, **kw)
 
 
 def requested_schema(request: Any) -> tuple[bool, dict[str, Any] | None]:
@@ -178,10 +90,10 @@ class JsonGate:
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
             return [
                 f"JSON schema: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-                for e in errors[:_MAX_REASONS]
+                for e in errors[:MAX_REASONS]
             ]
 
-        return _result(self.name, _per_choice(answer, check_one))
+        return gate_result(self.name, per_choice(answer, check_one))
 
 
 class RulesGate:
@@ -207,7 +119,7 @@ class RulesGate:
                 reasons.append(f"the answer has {len(text)} characters, more than {cfg.max_chars}")
             return reasons
 
-        return _result(self.name, _per_choice(answer, check_one))
+        return gate_result(self.name, per_choice(answer, check_one))
 
 
 class RefusalGate:
@@ -226,7 +138,7 @@ class RefusalGate:
                     return [f"the answer is a refusal ({m.group(0)!r})"]
             return []
 
-        return _result(self.name, _per_choice(answer, check_one))
+        return gate_result(self.name, per_choice(answer, check_one))
 
 
 class EmptyGate:
@@ -246,7 +158,7 @@ class EmptyGate:
                 reasons.append("the answer was cut off by max_tokens")
             return reasons
 
-        return _result(self.name, _per_choice(answer, check_one))
+        return gate_result(self.name, per_choice(answer, check_one))
 
 
 class ConfidenceGate:
@@ -272,7 +184,7 @@ class ConfidenceGate:
                 reasons.append(f"{prefix}mean token logprob {mean:.3f} is below {self.cfg.min_mean_logprob}")
             if self.cfg.min_token_logprob is not None and min(lps) < self.cfg.min_token_logprob:
                 reasons.append(f"{prefix}lowest token logprob {min(lps):.3f} is below {self.cfg.min_token_logprob}")
-        return _result(self.name, reasons[:_MAX_REASONS], score=worst_mean)
+        return gate_result(self.name, reasons[:MAX_REASONS], score=worst_mean)
 
 
 _PLACEHOLDER = re.compile(r"\{(question|answer)\}")
@@ -319,11 +231,11 @@ class JudgeGate:
             scores.append(float(m.group(1)))
         low = min(scores) if scores else 0.0
         reasons = [] if low >= self.cfg.threshold else [f"judge score {low:g} is below {self.cfg.threshold:g}"]
-        return _result(self.name, reasons, score=low)
+        return gate_result(self.name, reasons, score=low)
 
 
 _GATES: dict[str, Callable[[Any], Gate]] = {
-    "json": JsonGate, "rules": RulesGate, "refusal": RefusalGate, "empty": EmptyGate,
+    "json": JsonGate, "tools": ToolsGate, "rules": RulesGate, "refusal": RefusalGate, "empty": EmptyGate,
     "confidence": ConfidenceGate, "judge": JudgeGate,
 }
 

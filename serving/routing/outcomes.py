@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from serving.engines.base import EngineFailed, EngineItem, EngineRejected, EngineTimeout, Rejected
-from serving.routing.gates import Answer, GateResult
+from serving.routing.answers import Answer, GateResult
 from serving.routing.resilience import BreakerOpen, TierDown
 
 if TYPE_CHECKING:

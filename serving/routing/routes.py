@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from serving.config import RouteConfig, RouteTier, TenantConfig
-from serving.routing.gates import Gate, build_gates
+from serving.routing.answers import Gate
+from serving.routing.gates import build_gates
 from serving.routing.groups import GroupRouter, UnknownModel
 from serving.routing.outcomes import TargetKind
 
@@ -54,16 +55,17 @@ class RouteTable:
             route = self._group_routes[group] = Route(group, cfg, {}, kind="model_group")
         return route
 
-    def resolve(self, model: str, tenant: str | None, requested: str | None) -> Route:
+    def resolve(self, model: str, tenant: str | None, requested: str | None, *, by_name: bool = False) -> Route:
         """The route for this request. Precedence: the request's `serving.route`, then the tenant's mapping for
         `model`, then the tenant's default route, then the route named `model`, then the model group `model`.
+        `by_name`: the name only, no tenant mapping (embeddings: tenants' routes are chat routes).
         Raises `UnknownRoute` / `UnknownModel`."""
         if requested is not None:
             route = self.routes.get(requested)
             if route is None:
                 raise UnknownRoute(requested)
             return route
-        spec = self.tenants.get(tenant) if tenant else None
+        spec = self.tenants.get(tenant) if tenant and not by_name else None
         if spec is not None:
             name = spec.routes.get(model) or spec.default_route
             if name is not None:

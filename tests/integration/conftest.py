@@ -33,6 +33,7 @@ from tests.integration.support import (
     ADMIT_CONCURRENCY,
     ADMIT_QUEUE,
     ADMIT_ROUTE,
+    AGENT_ROUTE,
     APP,
     AUDIT_FILE,
     CACHED_TENANT,
@@ -45,6 +46,8 @@ from tests.integration.support import (
     CLOUD_REPLY,
     CLOUD_TIER,
     DEAD_TIER,
+    EMBED_ENGINE,
+    EMBED_GROUP,
     FAILOVER_ROUTE,
     FAILOVER_TIER,
     FLAKY_PROVIDER,
@@ -196,6 +199,7 @@ def _routing(cloud_port: int, dead_port: int, flaky_port: int) -> dict[str, Any]
             LOAD_ROUTE: {"tiers": [PROGRESS_TIER], "gates": {"empty": {}}},
             CHAOS_CLOUD_ROUTE: {"tiers": [FLAKY_TIER, TINY_TIER]},
             FAILOVER_ROUTE: {"tiers": [FAILOVER_TIER, SMOL_TIER]},
+            AGENT_ROUTE: {"tiers": [SMOL_TIER, CLOUD_TIER], "gates": {"tools": {}, "empty": {}, "refusal": {}}},
             ADMIT_ROUTE: {"tiers": [TINY_TIER], "admission": {
                 "max_concurrency": ADMIT_CONCURRENCY, "max_queue": ADMIT_QUEUE, "queue_timeout_s": 30}},
         },
@@ -224,8 +228,8 @@ def _tenants() -> dict[str, Any]:
 def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: int, dead_port: int,
                   flaky_port: int, redis_url: str, registry_uri: str) -> None:
     engine = {"device": "cpu", "max_model_len": MAX_MODEL_LEN}
-    # 8 logical CPUs (on a 2-core box): two engines, the gateway and a rollout's challenger engine all fit
-    ray: dict[str, Any] = {"num_cpus": 8, "app_name": APP, "metrics_export_port": metrics_port,
+    # 10 logical CPUs (on a 2-core box): three engines, the gateway and a rollout's challenger engine all fit
+    ray: dict[str, Any] = {"num_cpus": 10, "app_name": APP, "metrics_export_port": metrics_port,
                            "env": {CLOUD_KEY_ENV: CLOUD_KEY, "SERVING_ADMIN_KEY": ADMIN_KEY,
                                    # a stopping gateway replica stays reachable 5 s (Ray's default: 30) before it
                                    # closes its listener and drains what is in flight (test_zzz_drain.py)
@@ -239,10 +243,12 @@ def _write_config(path: Path, gateway_port: int, metrics_port: int, cloud_port: 
         "engines": {
             TINY_ENGINE: {"model": "builtin:tiny-llama", **engine},
             SMOL_ENGINE: {"model": "builtin:smollm2-135m-instruct", **engine},
+            EMBED_ENGINE: {"model": "builtin:all-minilm-l6-v2", "device": "cpu"},
         },
         "model_groups": {
             TINY_GROUP: {"engines": [TINY_ENGINE]},
             SMOL_GROUP: {"engines": [SMOL_ENGINE]},
+            EMBED_GROUP: {"engines": [EMBED_ENGINE]},
         },
         **_routing(cloud_port, dead_port, flaky_port),
         "rollout": _rollout(registry_uri),

@@ -48,6 +48,9 @@ CLOUD_REPLY = '{"city": "Paris", "country": "France"}'
 LIMITED_TENANT, LIMITED_RPM, CACHED_TENANT = "itest-limited", 5, "itest-cached"
 AUDIT_FILE = "audit.jsonl"
 ADMIN_KEY = "itest-admin-credential"
+# The agents' API (test_12_agents_api.py): the embedding model, and a route that gates tool calls before the cloud.
+EMBED_GROUP, EMBED_ENGINE = "all-minilm-l6-v2", "minilm"
+AGENT_ROUTE = "itest-agent"
 # Far more than MAX_MODEL_LEN tokens with either tokenizer.
 TOO_LONG = "hello " * 3000
 

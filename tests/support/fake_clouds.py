@@ -8,7 +8,13 @@ wire formats closely enough that the official `openai` / `anthropic` SDKs parse 
 * `FakeAnthropic`: `POST /v1/messages` (JSON or the SSE event stream with `event:` lines: message_start,
   content_block_start, ping, content_block_delta, content_block_stop, message_delta, message_stop),
   `GET /v1/models`. Like the API version the SDK speaks (`anthropic-version: 2026-10-21`), it rejects
-  `temperature` / `top_p` / `top_k` with a 400.
+  `temperature` / `top_p` / `top_k` with a 400. Tools: it checks `tools` (name, input_schema of type object, no
+  other fields), `tool_choice`, and the history's `tool_use` / `tool_result` pairing like the API (400
+  invalid_request_error otherwise). With tool_choice any / tool (or the `tool_use` behaviour) and no tool_result
+  in the last user turn, it answers with `tool_use` blocks (the named tool, else the tools in turn) whose input
+  fills the schema's required properties with placeholders (string "example", number 1, true, [], enum[0]),
+  streamed as content_block_start(tool_use) + input_json_delta pieces + content_block_stop, stop_reason
+  "tool_use"; with tool_choice auto the reply text comes first; `disable_parallel_tool_use` caps them at one.
 
 Use as a context manager (`with FakeOpenAI() as srv: ... srv.url ...`); `srv.url` is the SDK's `base_url`
 (`http://127.0.0.1:PORT/v1` for OpenAI, `http://127.0.0.1:PORT` for Anthropic). The answer is `srv.reply`
@@ -32,6 +38,8 @@ space-separated tokens:
     stream_error_event      stream `after` chunks, then an in-stream error event
     after:<k>               chunks before broken_stream / stream_error_event / a malformed stream chunk
     code:<c> param:<p> type:<t>   with status: the error body's code / param / type (Anthropic: details.error_code)
+    tool_use[:<n>]          Anthropic: answer with <n> (default 1) tool_use blocks when the request has tools
+                            (unless tool_choice is none)
     message:<text...>       the error message (takes the rest of the spec)
 
 `api_key=` makes the fake answer 401 to any other key (OpenAI: `Authorization: Bearer`; Anthropic: that or
@@ -94,6 +102,7 @@ class Behaviour:
     code: str | None = None
     param: str | None = None
     after: int = 2
+    tool_use: int = 0  # Anthropic: this many tool_use blocks in the answer (when the request has tools)
     headers: dict[str, str] = field(default_factory=dict)
 
     _KINDS = ("ok", "malformed", "no_choices", "broken_stream", "stream_error_event", "hang")
@@ -125,6 +134,8 @@ class Behaviour:
                 b.retry_after_ms = value
             elif key == "after":
                 b.after = int(value)
+            elif key == "tool_use":
+                b.tool_use = int(value) if value else 1
             elif key == "code":
                 b.code = value
             elif key == "param":
@@ -824,17 +835,48 @@ class FakeAnthropic(_FakeServer):
                     return self._invalid(f"{key}: Extra inputs are not permitted")
         if any(not s.strip() for s in body.get("stop_sequences") or []):
             return self._invalid("stop_sequences: each stop sequence must contain non-whitespace")
+        problem = _tools_problem(body)
+        if problem is not None:
+            return self._invalid(problem)
+        tool_uses: set[str] = set()  # ids of the previous assistant turn, each to be answered in the next turn
         for i, m in enumerate(body["messages"]):
             if m.get("role") not in ("user", "assistant"):
                 return self._invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
             content = m.get("content")
             blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            for j, block in enumerate(blocks or []):
-                if block.get("type") == "text" and not block.get("text"):
-                    return self._invalid(f"messages.{i}.content.{j}.text: text content blocks must be non-empty")
+            problem = _blocks_problem(i, m["role"], blocks or [], tool_uses)
+            if problem is not None:
+                return self._invalid(problem)
+            assistant = m["role"] == "assistant"
+            tool_uses = {b["id"] for b in blocks or [] if assistant and b.get("type") == "tool_use"}
+        if tool_uses:
+            return self._invalid(_unanswered(len(body["messages"]) - 1, tool_uses))
         if not body["messages"]:
             return self._invalid("messages: at least one message is required")
         return None
+
+    @staticmethod
+    def _tool_calls(body: dict[str, Any], b: Behaviour) -> list[dict[str, Any]]:
+        """The tool_use blocks to answer with (none: answer with text)."""
+        tools = body.get("tools") or []
+        choice = body.get("tool_choice") or {"type": "auto"}
+        if not tools or choice["type"] == "none":
+            return []
+        last = body["messages"][-1].get("content")
+        answered = isinstance(last, list) and any(isinstance(c, dict) and c.get("type") == "tool_result" for c in last)
+        n = b.tool_use or (1 if choice["type"] in ("any", "tool") and not answered else 0)
+        if choice.get("disable_parallel_tool_use"):
+            n = min(n, 1)
+        named = [t for t in tools if t["name"] == choice.get("name")] if choice["type"] == "tool" else tools
+        return [
+            {
+                "type": "tool_use",
+                "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": named[k % len(named)]["name"],
+                "input": _placeholder(named[k % len(named)]["input_schema"]),
+            }
+            for k in range(n)
+        ]
 
     async def _messages(self, request: Request) -> Response:
         rec, b, early = await self._prelude(request)
@@ -852,8 +894,17 @@ class FakeAnthropic(_FakeServer):
             return JSONResponse({"id": mid, "type": "message", "role": "assistant", "model": model})
         stops = list(body.get("stop_sequences") or [])
         tokens, finish, stop_sequence = _cut(self.reply_for(body), stops, body["max_tokens"])
-        text = "".join(tokens)
         stop_reason = "max_tokens" if finish == "length" else "stop_sequence" if stop_sequence else "end_turn"
+        calls = self._tool_calls(body, b)
+        if calls and (body.get("tool_choice") or {"type": "auto"})["type"] != "auto":
+            tokens = []  # a forced tool call comes without text
+        elif finish == "length" or stop_sequence:
+            calls = []  # the text ended before any tool call
+        if calls:
+            stop_reason, stop_sequence = "tool_use", None
+        text = "".join(tokens)
+        arguments = [json.dumps(c["input"]) for c in calls]
+        output_tokens = len(tokens) + sum(len(tokenize(a)) for a in arguments)
         system = body.get("system") or ""
         input_tokens = len(tokenize(_text_of(system))) + sum(
             len(tokenize(_text_of(m.get("content")))) for m in body["messages"]
@@ -865,12 +916,12 @@ class FakeAnthropic(_FakeServer):
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": [{"type": "text", "text": text}] if text else [],
+                    "content": ([{"type": "text", "text": text}] if text else []) + calls,
                     "stop_reason": stop_reason,
                     "stop_sequence": stop_sequence,
                     "usage": {
                         "input_tokens": input_tokens,
-                        "output_tokens": len(tokens),
+                        "output_tokens": output_tokens,
                         "cache_creation_input_tokens": 0,
                         "cache_read_input_tokens": 0,
                     },
@@ -902,15 +953,34 @@ class FakeAnthropic(_FakeServer):
                     }
                 },
             ),
-            event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
-            event("ping", {}),
-            *(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": t}}) for t in tokens),
-            event("content_block_stop", {"index": 0}),
+        ]
+        index = 0
+        if tokens or not calls:
+            events += [
+                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+                event("ping", {}),
+                *(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": t}})
+                  for t in tokens),
+                event("content_block_stop", {"index": 0}),
+            ]
+            index = 1
+        for call, args in zip(calls, arguments, strict=True):
+            start = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+            pieces = ["", *(args[k : k + 8] for k in range(0, len(args), 8))]  # the API sends "" first
+            events += [
+                event("content_block_start", {"index": index, "content_block": start}),
+                *(event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
+                                                                          "partial_json": p}})
+                  for p in pieces),
+                event("content_block_stop", {"index": index}),
+            ]
+            index += 1
+        events += [
             event(
                 "message_delta",
                 {
                     "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": {"output_tokens": len(tokens)},
+                    "usage": {"output_tokens": output_tokens},
                 },
             ),
             event("message_stop", {}),
@@ -918,6 +988,123 @@ class FakeAnthropic(_FakeServer):
         error = event("error", {"error": {"type": "overloaded_error", "message": b.message or "Overloaded"}})
         malformed = "event: content_block_delta\ndata: {not json\n\n"
         return self._stream(events, b, error, malformed)
+
+
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+_TOOL_FIELDS = frozenset({"name", "description", "input_schema", "strict", "cache_control", "type", "input_examples",
+                          "defer_loading", "allowed_callers", "eager_input_streaming"})
+_TOOL_CHOICE_FIELDS = {"auto": {"disable_parallel_tool_use"}, "any": {"disable_parallel_tool_use"},
+                       "tool": {"name", "disable_parallel_tool_use"}, "none": set()}
+
+
+def _tools_problem(body: dict[str, Any]) -> str | None:
+    """What the Messages API would say about `tools` / `tool_choice` (None: they are valid)."""
+    tools = body.get("tools")
+    names: list[str] = []
+    if tools is not None and not isinstance(tools, list):
+        return "tools: Input should be a valid list"
+    for i, tool in enumerate(tools or []):
+        where = f"tools.{i}.custom"
+        if not isinstance(tool, dict):
+            return f"tools.{i}: Input should be a valid dictionary"
+        for key in ("name", "input_schema"):
+            if key not in tool:
+                return f"{where}.{key}: Field required"
+        extra = sorted(set(tool) - _TOOL_FIELDS)
+        if extra:
+            return f"{where}.{extra[0]}: Extra inputs are not permitted"
+        if not isinstance(tool["name"], str) or not _TOOL_NAME.match(tool["name"]):
+            return f"{where}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+        schema = tool["input_schema"]
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            return f"{where}.input_schema.type: Input should be 'object'"
+        names.append(tool["name"])
+    if len(set(names)) < len(names):
+        return "tools: Tool names must be unique."
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None
+    if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICE_FIELDS:
+        return "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+    extra = sorted(set(choice) - {"type"} - _TOOL_CHOICE_FIELDS[choice["type"]])
+    if extra:
+        return f"tool_choice.{choice['type']}.{extra[0]}: Extra inputs are not permitted"
+    if choice["type"] == "tool":
+        if "name" not in choice:
+            return "tool_choice.tool.name: Field required"
+        if choice["name"] not in names:
+            return f"tool_choice: Tool '{choice['name']}' not found in tools"
+    return None
+
+
+def _unanswered(i: int, ids: set[str]) -> str:
+    return (f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+            f"{', '.join(sorted(ids))}. Each `tool_use` block must have a corresponding `tool_result` block in the "
+            "next message.")
+
+
+def _blocks_problem(i: int, role: str, blocks: list[Any], tool_uses: set[str]) -> str | None:
+    """What the Messages API would say about message i's content blocks (`tool_uses`: the ids of the assistant turn
+    before it, which a user turn must answer first)."""
+    answered: set[str] = set()
+    seen_other = False
+    for j, block in enumerate(blocks):
+        where = f"messages.{i}.content.{j}"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            if not block.get("text"):
+                return f"{where}.text: text content blocks must be non-empty"
+            seen_other = True
+        elif kind == "tool_use":
+            if role != "assistant":
+                return f"{where}: tool_use blocks may only appear in assistant messages"
+            for key in ("id", "name", "input"):
+                if key not in block:
+                    return f"{where}.tool_use.{key}: Field required"
+            if not isinstance(block["id"], str) or not _TOOL_USE_ID.match(block["id"]):
+                return f"{where}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'"
+            if not isinstance(block["input"], dict):
+                return f"{where}.tool_use.input: Input should be a valid dictionary"
+        elif kind == "tool_result":
+            if role != "user":
+                return f"{where}: tool_result blocks may only appear in user messages"
+            use_id = block.get("tool_use_id")
+            if use_id not in tool_uses:
+                return (f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {use_id}. Each "
+                        "`tool_result` block must have a corresponding `tool_use` block in the previous message.")
+            if seen_other:
+                return f"{where}: tool_result blocks must come before any other content in the user message"
+            content = block.get("content")
+            if content is not None and not isinstance(content, (str, list)):
+                return f"{where}.tool_result.content: Input should be a valid string or list"
+            answered.add(use_id)
+        else:
+            seen_other = True
+    if tool_uses and role == "user" and tool_uses - answered:
+        return _unanswered(i - 1, tool_uses - answered)
+    if tool_uses and role == "assistant":
+        return _unanswered(i - 1, tool_uses)
+    return None
+
+
+def _placeholder(schema: Any) -> Any:
+    """A value satisfying a JSON schema's type and (for objects) its required properties."""
+    if not isinstance(schema, dict):
+        return "example"
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        props = schema.get("properties") or {}
+        return {name: _placeholder(props.get(name)) for name in schema.get("required") or []}
+    return {"string": "example", "integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(
+        str(kind), "example"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- test helpers

@@ -9,7 +9,13 @@ items by the same `serving.engines.ray_handle.to_item`:
   a usage chunk `{"id":…,"object":…,"created":…,"model":…,"choices":[],"usage":{…}}`, then `data: [DONE]`;
 * non-streamed request: one `ChatCompletionResponse` / `CompletionResponse` with usage (rebuilt from
   `model_dump()` like Ray Serve LLM's `VLLMEngine.chat` does, so every field counts as set);
-* a request vLLM rejects: an `ErrorResponse` first and only (e.g. context length exceeded, code 400).
+* a request vLLM rejects: an `ErrorResponse` first and only (e.g. context length exceeded, code 400);
+* with `tool_calls` (a list of calls, or a function of the request giving them): the answer is those calls, the
+  way vLLM's tool parsers answer: non-streamed, `message.tool_calls` with `content: null` and finish_reason
+  `tool_calls`; streamed, per call a first delta `{index, id, type, function: {name, arguments: ""}}`, then its
+  argument fragments, then the finish chunk and the usage chunk;
+* `generate("embeddings", request)`: one `Completed` with vLLM's `EmbeddingResponse` (one deterministic vector per
+  input, `embedding_dims` long or `request.dimensions`; a base64 float32 string for `encoding_format: base64`).
 
 Faults are configured per instance: `unavailable` (raise `EngineUnavailable` before the first item),
 `fail_after=k` (raise `fail_with`, by default `EngineFailed`, after k streamed chunks), `error=` (yield an
@@ -20,7 +26,12 @@ error object), `hang` (never answer), `crash` (raise an unexpected exception bef
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
+import math
 import re
+import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -32,6 +43,7 @@ from ray.serve.llm.openai_api_models import (
     ChatCompletionStreamResponse,
     CompletionResponse,
     CompletionStreamResponse,
+    EmbeddingResponse,
     ErrorResponse,
 )
 
@@ -67,6 +79,44 @@ def sse(data: str) -> str:
     return f"data: {data}\n\n"
 
 
+ToolCalls = list[dict[str, Any]]
+"""Tool calls a `FakeEngine` answers with: each `{"name", "arguments"}` (arguments a JSON string or an object;
+optionally an `id`), or already in OpenAI's shape `{"id", "type": "function", "function": {"name", "arguments"}}`."""
+
+
+def tool_call(name: str, arguments: str | dict[str, Any], call_id: str | None = None) -> dict[str, Any]:
+    """One tool call in OpenAI's (and vLLM's) shape; the id is vLLM's `chatcmpl-tool-…` when not given."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id or f"chatcmpl-tool-{uuid.uuid4().hex[:16]}", "type": "function",
+            "function": {"name": name, "arguments": args}}
+
+
+def _openai_call(call: dict[str, Any]) -> dict[str, Any]:
+    if "function" in call:
+        fn = call["function"]
+        return tool_call(fn["name"], fn.get("arguments", ""), call.get("id"))
+    return tool_call(call["name"], call.get("arguments", {}), call.get("id"))
+
+
+def embedding_of(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for `text` (the same text always gets the same vector)."""
+    out: list[float] = []
+    block = 0
+    while len(out) < dims:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        out += [b / 127.5 - 1.0 for b in digest]
+        block += 1
+    vec = out[:dims]
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
+
+
+def decode_base64_embedding(data: str) -> list[float]:
+    """A base64 embedding (little-endian float32, as vLLM and OpenAI encode it) as floats."""
+    raw = base64.b64decode(data)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
 @dataclass
 class Call:
     """One request the engine received."""
@@ -96,6 +146,8 @@ class FakeEngine:
     healthy: bool = True
     fail_first: int = 0  # the first k requests raise `fail_first_exc()` before answering
     fail_first_exc: Callable[[], BaseException] = lambda: EngineUnavailable("engine is unavailable: 503")
+    tool_calls: ToolCalls | Callable[[Any], ToolCalls | None] | None = None  # answer with these calls (see above)
+    embedding_dims: int = 8  # embeddings: the vector length when the request sets no `dimensions`
     calls: list[Call] = field(default_factory=list)
     _texts: dict[int, str] = field(default_factory=dict, repr=False)
     started: int = 0
@@ -123,6 +175,16 @@ class FakeEngine:
     def logprob(self, i: int, token: str) -> float:
         return self.token_logprob(i, token) if callable(self.token_logprob) else self.token_logprob
 
+    def calls_for(self, request: Any) -> list[dict[str, Any]]:
+        """The tool calls this engine answers `request` with (OpenAI's shape; empty: a text answer)."""
+        calls = self.tool_calls(request) if callable(self.tool_calls) else self.tool_calls
+        return [_openai_call(c) for c in calls or ()]
+
+    @staticmethod
+    def _tool_tokens(calls: list[dict[str, Any]]) -> int:
+        """Completion tokens of a tool-call answer: the name and the argument fragments of each call."""
+        return sum(1 + len(tokenize(c["function"]["arguments"])) for c in calls)
+
     def tokens_for(self, request: Any) -> tuple[list[str], str]:
         """The tokens this engine answers `request` with, and the finish reason (max_tokens applies)."""
         tokens = tokenize(self.text_for(request))
@@ -141,7 +203,8 @@ class FakeEngine:
         self.calls.append(Call(endpoint, request.model_copy(deep=True)))
         self.started += 1
         request = request.model_copy()
-        self._texts[id(request)] = self.replies.pop(0) if self.replies else self.text_for(request)
+        if endpoint != "embeddings":  # an embedding request has no reply text (nor messages for `reply` to read)
+            self._texts[id(request)] = self.replies.pop(0) if self.replies else self.text_for(request)
         try:
             if self.started <= self.fail_first:
                 raise self.fail_first_exc()
@@ -155,6 +218,17 @@ class FakeEngine:
                 await asyncio.sleep(self.first_token_delay_s)
             if self.error is not None:
                 yield to_item(self.error)
+                return
+            if endpoint == "embeddings":
+                yield to_item(self._embedding_response(request))
+                return
+            calls = self.calls_for(request) if endpoint == "chat" else []
+            if calls:
+                if getattr(request, "stream", False):
+                    for chunk in self._tool_chunks(request, calls):
+                        yield to_item(chunk)
+                else:
+                    yield to_item(self._tool_response(request, calls))
                 return
             if getattr(request, "stream", False):
                 chunks = self._chat_chunks(request) if endpoint == "chat" else self._completion_chunks(request)
@@ -223,6 +297,71 @@ class FakeEngine:
             out.append(sse(usage.model_dump_json(exclude_unset=True, exclude_none=True)))
         out.append(DONE)
         return out
+
+    def _tool_chunks(self, request: Any, calls: list[dict[str, Any]]) -> list[str]:
+        """A tool-call answer streamed the way vLLM's tool parsers stream it."""
+        rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model
+        n = request.n or 1
+
+        def chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> str:
+            choice: dict[str, Any] = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if finish is not None:
+                choice["stop_reason"] = None
+            return sse(ChatCompletionStreamResponse(
+                id=rid, object="chat.completion.chunk", created=created, model=model, choices=[choice],
+            ).model_dump_json(exclude_unset=True))
+
+        out = [chunk(i, {"role": "assistant", "content": ""}) for i in range(n)]
+        for i in range(n):
+            for k, call in enumerate(calls):
+                fn = call["function"]
+                out.append(chunk(i, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                     "function": {"name": fn["name"], "arguments": ""}}]}))
+                out += [chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": part}}]})
+                        for part in tokenize(fn["arguments"])]
+            out.append(chunk(i, {}, "tool_calls"))
+        if self._include_usage(request):
+            usage = ChatCompletionStreamResponse(
+                id=rid, object="chat.completion.chunk", created=created, model=model, choices=[],
+                usage=self._usage(n * self._tool_tokens(calls)),
+            )
+            out.append(sse(usage.model_dump_json(exclude_unset=True, exclude_none=True)))
+        out.append(DONE)
+        return out
+
+    def _tool_response(self, request: Any, calls: list[dict[str, Any]]) -> ChatCompletionResponse:
+        n = request.n or 1
+        resp = ChatCompletionResponse(
+            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=request.model,
+            choices=[{"index": i, "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                      "logprobs": None, "finish_reason": "tool_calls", "stop_reason": None} for i in range(n)],
+            usage=self._usage(n * self._tool_tokens(calls)),
+        )
+        return ChatCompletionResponse(**resp.model_dump())
+
+    def _embedding_response(self, request: Any) -> dict[str, Any]:
+        """vLLM's `EmbeddingResponse` for an embedding request, as the JSON object Ray Serve LLM hands back."""
+        value = request.input
+        if isinstance(value, str):
+            inputs: list[Any] = [value]
+        elif value and all(isinstance(v, int) for v in value):
+            inputs = [value]  # one prompt of token ids
+        else:
+            inputs = list(value)
+        dims = request.dimensions or self.embedding_dims
+        data, prompt_tokens = [], 0
+        for i, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            prompt_tokens += len(tokenize(item)) if isinstance(item, str) else len(item)
+            vec = embedding_of(text, dims)
+            embedding: list[float] | str = vec
+            if request.encoding_format == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+            data.append({"index": i, "object": "embedding", "embedding": embedding})
+        resp = EmbeddingResponse(id=f"embd-{uuid.uuid4().hex}", object="list", created=int(time.time()),
+                                 model=request.model, data=data,
+                                 usage={"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens})
+        return resp.model_dump(mode="json", exclude_unset=True)
 
     def _completion_chunks(self, request: Any) -> list[str]:
         rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), request.model

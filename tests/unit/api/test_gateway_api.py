@@ -463,7 +463,7 @@ async def test_unknown_model_is_404(gw: Gateway, engine: FakeEngine):
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v1/nothing"), ("POST", "/v1/embeddings"), ("GET", "/"), ("POST", "/v2/chat/completions"),
+    ("GET", "/v1/nothing"), ("POST", "/v1/audio/speech"), ("GET", "/"), ("POST", "/v2/chat/completions"),
 ])
 async def test_unknown_path_is_404_envelope(gw: Gateway, method: str, path: str):
     assert_error(await gw.http.request(method, path, json={}), 404)
@@ -522,7 +522,7 @@ def test_a_vllm_validator_crashing_on_a_malformed_field_is_a_400():
             return data["tools"][0]["function"]
 
     with pytest.raises(APIError) as exc:
-        protocol._validate(Strict, {"tools": []})
+        protocol.validate_model(Strict, {"tools": []})
     assert exc.value.status == 400 and "IndexError" in exc.value.message
 
 

@@ -179,7 +179,8 @@ def test_unknown_tier_in_a_route():
 def test_unknown_model_group_in_a_tier():
     data = routed()
     data["tiers"]["small"]["model_group"] = "llama"
-    assert one_error(data) == f"tiers.small.model_group: unknown model group 'llama' (defined: {GROUP})"
+    assert one_error(data) == ("tiers.small.model_group: unknown model group 'llama' "
+                              f"(defined: all-minilm-l6-v2, {GROUP})")
 
 
 def test_unknown_provider_in_a_tier():

@@ -6,6 +6,7 @@ Ray 2.60: they are exercised for real here.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from pydantic import ValidationError
 from ray.serve.llm import LLMConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.cli_args import FrontendArgs
+from vllm.tool_parsers import ToolParserManager
 
 from serving.config import EngineConfig, load_config
 from serving.engines.ray_llm import (
@@ -54,10 +57,18 @@ def llm_config(name: str, engine: EngineConfig, model_path: str = "/models/x", e
 
 
 def assert_valid_vllm_args(kwargs: dict[str, Any]) -> None:
-    """Every generated key is a real vLLM engine argument (a typo would raise TypeError)."""
-    args = AsyncEngineArgs(model="/models/x", **kwargs)
-    for key, value in kwargs.items():
+    """Every generated key is a real vLLM engine argument or OpenAI front-end argument, split as Ray Serve LLM
+    splits them (a typo would raise TypeError), and the front-end arguments pass vLLM's own check."""
+    front = {f.name for f in dataclasses.fields(FrontendArgs)}
+    engine = {k: v for k, v in kwargs.items() if k not in front}
+    args = AsyncEngineArgs(model="/models/x", **engine)
+    for key, value in engine.items():
         assert getattr(args, key) == value
+    frontend = FrontendArgs(**{k: v for k, v in kwargs.items() if k in front})
+    for key in set(kwargs) & front:
+        assert getattr(frontend, key) == kwargs[key]
+    if frontend.enable_auto_tool_choice:
+        assert frontend.tool_call_parser in ToolParserManager.list_registered()
 
 
 # -- CPU ----------------------------------------------------------------------------------------------------
@@ -291,3 +302,51 @@ def test_gpu_app_graph_builds_without_a_cluster():
     engine = cfg.engines["llama-3-1-8b-awq"]
     app = engine_builder({"name": "llama-3-1-8b-awq", "engine": engine.model_dump(mode="json")})
     assert app._bound_deployment.name == "engine-llama-3-1-8b-awq"
+
+
+# -- tool calling and embeddings ------------------------------------------------------------------------------
+
+
+def test_known_tool_parsers_are_vllms():
+    """The config's list of parser names (checked at load, without importing vLLM) is vLLM's registry."""
+    from serving.config.engines import TOOL_CALL_PARSERS
+
+    assert set(ToolParserManager.list_registered()) == TOOL_CALL_PARSERS
+
+
+@pytest.mark.parametrize(("model", "device", "parser"), [
+    ("builtin:smollm2-135m-instruct", "cpu", "hermes"),
+    ("builtin:tiny-llama?seed=2", "cpu", "hermes"),
+    ("catalog:llama-3.1-8b-instruct-awq", "gpu", "llama3_json"),
+    ("catalog:llama-3.1-70b-instruct-awq", "gpu", "llama3_json"),
+])
+def test_tool_calling_defaults_from_the_catalog(model: str, device: str, parser: str):
+    kwargs = engine_kwargs(EngineConfig(model=model, device=device))
+    assert kwargs["tool_call_parser"] == parser
+    assert kwargs["enable_auto_tool_choice"] is True
+    assert_valid_vllm_args(kwargs)
+
+
+def test_tool_calling_set_or_turned_off_in_config():
+    kwargs = engine_kwargs(EngineConfig(model="hf:org/model", tool_call_parser="pythonic", auto_tool_choice=False))
+    assert (kwargs["tool_call_parser"], kwargs["enable_auto_tool_choice"]) == ("pythonic", False)
+    assert "tool_call_parser" not in engine_kwargs(EngineConfig(model="hf:org/model"))  # not in the catalog: off
+    off = engine_kwargs(EngineConfig(model="builtin:smollm2-135m-instruct", device="cpu", tool_call_parser="none"))
+    assert "tool_call_parser" not in off and "enable_auto_tool_choice" not in off
+
+
+def test_unknown_tool_parser_fails_at_load_with_the_choices():
+    with pytest.raises(ValidationError, match=r"unknown tool-call parser 'llama3'.*llama3_json"):
+        EngineConfig(model="hf:org/model", tool_call_parser="llama3")
+
+
+def test_embedding_engine_is_a_pooling_model_without_tools():
+    engine = EngineConfig(model="builtin:all-minilm-l6-v2", device="cpu")
+    assert engine.task == "embed"
+    kwargs = engine_kwargs(engine)
+    assert kwargs["runner"] == "pooling" and "tool_call_parser" not in kwargs
+    assert_valid_vllm_args(kwargs)
+    with pytest.raises(ValidationError, match="does not fit builtin:all-minilm-l6-v2"):
+        EngineConfig(model="builtin:all-minilm-l6-v2", device="cpu", task="generate")
+    with pytest.raises(ValidationError, match="takes no tool_call_parser"):
+        EngineConfig(model="builtin:all-minilm-l6-v2", device="cpu", tool_call_parser="hermes")

@@ -96,7 +96,7 @@ def test_tiny_llama_tokenizer_round_trips_and_has_chat_template(tmp_path: Path) 
     path = build_tiny_llama(tmp_path / "tiny", progress=lambda _line: None)
     config = json.loads((path / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
-    assert "{% for message in messages %}" in config["chat_template"]
+    assert "<tool_call>" in config["chat_template"]  # the ChatML template that renders tools (Hermes format)
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert len(tokenizer) == 4096
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (

@@ -53,7 +53,8 @@ class Env:
         data["routes"] = routes
         cfg = parse_config(data)
         self.local = FakeEngine("smollm2-135m")
-        router = GroupRouter({"smollm2-135m": self.local}, cfg.model_groups)
+        groups = {"smollm2-135m-instruct": cfg.model_groups["smollm2-135m-instruct"]}  # the one engine faked here
+        router = GroupRouter({"smollm2-135m": self.local}, groups)
         self.app = build_api(router, GatewayConfig(health_interval_s=0))
         self.app.state.gateway.update_routing(cfg.providers, cfg.tiers, cfg.routes, cfg.tenants)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test",
