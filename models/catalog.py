@@ -14,8 +14,8 @@ The total is spread over ``tensor_parallel_size`` GPUs; each must offer its shar
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -159,7 +159,9 @@ class CatalogModel(BaseModel):
 
 @functools.lru_cache(maxsize=1)
 def _load() -> dict[str, CatalogModel]:
-    text = importlib.resources.files(__package__ or "models").joinpath("catalog.yaml").read_text()
+    # Next to this module, not `importlib.resources.files("models")`: in the chart's pods a model-cache volume is
+    # mounted at /models, which joins the `models` namespace and was searched first (FileNotFoundError).
+    text = (Path(__file__).resolve().parent / "catalog.yaml").read_text()
     entries = (yaml.safe_load(text) or {}).get("models") or []
     catalog: dict[str, CatalogModel] = {}
     for entry in entries:

@@ -37,7 +37,8 @@ def _bad(message: str, param: str) -> APIError:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer; JSON has no integer type, so 2.0 is 2 (as on the other endpoints, and for vLLM)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
 
 
 def _check_tokens(ids: list[Any], where: str) -> None:
@@ -97,6 +98,10 @@ def parse_embeddings(raw: bytes) -> ParsedRequest:
     dims = body.get("dimensions")
     if dims is not None and (not _is_int(dims) or dims < 1):
         raise _bad(f"'dimensions' must be an integer >= 1, got {json.dumps(dims)}.", "dimensions")
+    truncate = body.get("truncate_prompt_tokens")
+    if truncate is not None and (not _is_int(truncate) or truncate < -1):  # vLLM's model takes `true` as 1
+        raise _bad(f"'truncate_prompt_tokens' must be an integer >= -1, got {json.dumps(truncate)}.",
+                   "truncate_prompt_tokens")
     if "user" in body and not isinstance(body["user"], str):
         raise APIError(400, "'user' must be a string.", param="user")
     return ParsedRequest(model, False, False, validate_model(EMBEDDING_REQUEST, body), overrides, body,

@@ -28,6 +28,8 @@ def chat_messages(system: Any, messages: Any) -> list[dict[str, Any]]:
         raise invalid("messages", "at least one message with content is required")
     for n, (role, blocks) in enumerate(turns):
         out.extend(_user_turn(blocks, turns[n - 1][1] if n else []) if role == "user" else _assistant_turn(blocks))
+    if not out:  # only thinking blocks, which are dropped
+        raise invalid("messages", "at least one message with content other than thinking is required")
     return out
 
 

@@ -214,6 +214,8 @@ class ModelCard(BaseModel):
     owned_by: str
     engines: list[str] | None = Field(None, description="Model groups: the engines serving it.")
     tiers: list[str] | None = Field(None, description="Routes: the tiers tried in order.")
+    task: Literal["chat", "embeddings"] = Field(description="What it answers: `embeddings` (POST /v1/embeddings "
+                                                            "only) or `chat` (the other inference endpoints).")
 
 
 class ModelList(BaseModel):

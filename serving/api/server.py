@@ -162,7 +162,7 @@ class Gateway:
 
     async def served(self, request: Request) -> Served:
         """What this caller's OpenAPI document names: the model groups and routes it may use and their engines (none
-        for a caller without a valid key when API keys are on)."""
+        for a caller without a valid key when API keys are on), and which of the groups are embedding groups."""
         settings = self.settings
         common: dict[str, Any] = dict(
             auth=self.policy.cfg.auth.enabled, tenant_header=settings.tenant_header,
@@ -174,7 +174,10 @@ class Gateway:
             return Served(**common)
         groups = [n for n in self.router.groups if allowed is None or n in allowed]
         routes = [n for n in self.routes.routes if allowed is None or n in allowed]
-        return Served(tuple(groups), tuple(routes), engines_of(self.router.groups[n] for n in groups), **common)
+        embedding = [n for n in groups if n in self.pipeline.embedding_groups]
+        return Served(tuple(groups), tuple(routes), engines_of(self.router.groups[n] for n in groups), **common,
+                      embedding_groups=tuple(embedding),
+                      embedding_engines=engines_of(self.router.groups[n] for n in embedding))
 
     def models(self, allowed: set[str] | None = None) -> dict[str, Any]:
         names = [n for n in [*self.router.groups, *self.routes.routes] if allowed is None or n in allowed]

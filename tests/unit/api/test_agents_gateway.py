@@ -282,15 +282,30 @@ async def test_an_embedding_group_is_listed_with_its_task(gw: Gateway):
     ({"input": "x", "encoding_format": "int8"}, "encoding_format", "invalid_value"),
     ({"input": "x", "dimensions": 0}, "dimensions", "invalid_value"),
     ({"input": "x", "dimensions": True}, "dimensions", "invalid_value"),
+    ({"input": "x", "truncate_prompt_tokens": True}, "truncate_prompt_tokens", "invalid_value"),
+    ({"input": "x", "truncate_prompt_tokens": -2}, "truncate_prompt_tokens", "invalid_value"),
     ({"input": "x", "temperature": 0.5}, "temperature", "unknown_parameter"),
     ({}, "input", "missing_required_parameter"),
 ], ids=["empty-string", "empty-list", "empty-item", "2049-items", "bad-token", "encoding", "dimensions-0",
-        "dimensions-bool", "unknown-field", "no-input"])
+        "dimensions-bool", "truncate-bool", "truncate-below-minus-1", "unknown-field", "no-input"])
 async def test_bad_embedding_requests_are_a_400_naming_the_param(gw: Gateway, body: dict[str, Any], param: str,
                                                                  code: str | None):
     resp = await gw.http.post("/v1/embeddings", json={"model": EMBED, **body})
     assert_error(resp, 400, param=param, code=code, type="invalid_request_error")
     assert not engine(gw, EMBED_ENGINE).calls
+
+
+async def test_embeddings_take_integral_floats_as_integers(gw: Gateway):
+    """Fuzz finding: JSON has no integer type, and the document's integers (`dimensions`, token ids) admit 2.0, as
+    the other endpoints do; they were refused here."""
+    resp = await gw.http.post("/v1/embeddings", json={"model": EMBED, "input": [[1.0, 2.0], [3, 4.0]],
+                                                      "dimensions": 4.0, "truncate_prompt_tokens": 2.0})
+    assert resp.status_code == 200, resp.text
+    assert [len(d["embedding"]) for d in resp.json()["data"]] == [4, 4]
+    sent = engine(gw, EMBED_ENGINE).last_request
+    assert (sent.input, sent.dimensions, sent.truncate_prompt_tokens) == ([[1, 2], [3, 4]], 4, 2)
+    assert_error(await gw.http.post("/v1/embeddings", json={"model": EMBED, "input": [1.5]}), 400,
+                 param="input[0]", code="invalid_value")
 
 
 async def test_embeddings_pin_an_engine_of_the_group(gw: Gateway):

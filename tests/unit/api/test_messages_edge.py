@@ -287,6 +287,15 @@ def test_parse_refuses_tool_result_without_tool_use() -> None:
     assert exc.param == "messages.0.content.0" and "unexpected `tool_use_id`" in exc.message
 
 
+def test_parse_refuses_a_conversation_of_thinking_only() -> None:
+    """Fuzz finding: thinking blocks are dropped, so a conversation of only them was an empty chat request, refused
+    in the OpenAI wording without naming the field; now a 400 naming `messages` in the Messages API's wording."""
+    thinking = {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+                                                 {"type": "redacted_thinking", "data": "x"}]}
+    exc = refused({**BASE, "messages": [thinking]})
+    assert exc.param == "messages" and exc.message.startswith("messages: ") and "thinking" in exc.message
+
+
 def test_parse_refuses_bad_serving_extension() -> None:
     exc = refused({**BASE, "serving": {"nope": 1}})
     assert exc.param is not None and exc.param.startswith("serving")
