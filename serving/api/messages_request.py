@@ -16,12 +16,9 @@ import json
 import re
 from typing import Any
 
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
-
 from serving.api.messages import MessagesEdge, invalid
 from serving.api.messages_conversation import chat_messages
-from serving.api.protocol import ParsedRequest, chat_request, parse_json_object
+from serving.api.protocol import ParsedRequest, chat_request, parse_json_object, schema_problem
 
 _FIELDS = frozenset({
     "model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "top_k", "stream",
@@ -152,10 +149,8 @@ def _metadata_user(value: Any) -> str | None:
 def _check_schema(schema: Any, param: str) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise invalid(param, "Field required" if schema is None else "Input should be a JSON schema object")
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise invalid(param, f"invalid JSON schema: {exc.message}") from None
+    if (problem := schema_problem(schema)) is not None:
+        raise invalid(param, f"invalid JSON schema: {problem}")
     return schema
 
 

@@ -6,6 +6,7 @@ lenient about some inputs OpenAI rejects, so the checks OpenAI makes up front ar
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -118,6 +119,31 @@ def _check_messages(body: dict[str, Any]) -> None:
                            param=f"messages.[{i}].role", code="invalid_value")
 
 
+@functools.lru_cache(maxsize=512)
+def _schema_problem(text: str) -> str | None:
+    schema = json.loads(text)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"{'/'.join(map(str, exc.path)) or '(root)'}: {exc.message}"
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:  # e.g. "$schema": 5 breaks the lookup itself
+        return f"its $schema cannot be used ({type(exc).__name__})"
+    return None
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why `schema` is not a usable JSON schema (checked against its metaschema), or None. Every endpoint checks
+    tool parameters and response formats with it; results are cached by the schema's JSON text (agents send the
+    same tools every turn, and an edge's request is checked again as a chat request)."""
+    if not isinstance(schema, dict):
+        return "it must be a JSON schema object"
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        return "it is not JSON"
+    return _schema_problem(text)
+
+
 def _check_tools(body: dict[str, Any]) -> None:
     """Each tool an object with a `function` object naming it and a JSON-schema `parameters` (vLLM's own check reads
     them unchecked: a 500); a named `tool_choice` names a declared function."""
@@ -138,13 +164,9 @@ def _check_tools(body: dict[str, Any]) -> None:
             if not isinstance(params, dict):
                 raise APIError(400, f"tools[{i}].function.parameters must be a JSON schema object.",
                                param=f"tools.[{i}].function.parameters")
-            try:
-                jsonschema.validators.validator_for(params).check_schema(params)
-            except jsonschema.SchemaError as exc:
-                where = "/".join(map(str, exc.path)) or "(root)"
-                raise APIError(400, f"tools[{i}].function.parameters is not a valid JSON schema: {where}: "
-                               f"{exc.message}", param=f"tools.[{i}].function.parameters",
-                               code="invalid_function_parameters") from None
+            if (problem := schema_problem(params)) is not None:
+                raise APIError(400, f"tools[{i}].function.parameters is not a valid JSON schema: {problem}",
+                               param=f"tools.[{i}].function.parameters", code="invalid_function_parameters")
         names.append(function["name"])
     choice = body.get("tool_choice")
     if isinstance(choice, dict):

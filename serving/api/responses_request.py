@@ -23,11 +23,8 @@ import copy
 import json
 from typing import Any
 
-from jsonschema import SchemaError
-from jsonschema.validators import Draft202012Validator, validator_for
-
 from serving.api.errors import APIError
-from serving.api.protocol import ParsedRequest, chat_request, parse_json_object
+from serving.api.protocol import ParsedRequest, chat_request, parse_json_object, schema_problem
 from serving.api.responses import ResponsesEdge, no_store, system_messages
 from serving.policy.response_store import ResponseStore
 
@@ -58,11 +55,8 @@ def _check_schema(schema: Any, param: str) -> None:
     """A JSON schema (checked against its metaschema), else a 400 naming `param`."""
     if not isinstance(schema, dict):
         raise _bad(f"'{param}' must be a JSON schema object.", param)
-    try:
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
-    except (SchemaError, TypeError) as exc:
-        message = exc.message if isinstance(exc, SchemaError) else str(exc)
-        raise _bad(f"Invalid JSON schema for '{param}': {message}", param, "invalid_schema") from None
+    if (problem := schema_problem(schema)) is not None:
+        raise _bad(f"Invalid JSON schema for '{param}': {problem}", param, "invalid_schema")
 
 
 def _text(content: Any, param: str) -> str:

@@ -32,6 +32,7 @@ from serving.routing.answers import (
     gate_result,
     per_choice,
 )
+from serving.routing.json_schemas import validator_of
 from serving.routing.tool_gate import ToolsGate
 
 logger = logging.getLogger("serving.routing")
@@ -61,11 +62,7 @@ class JsonGate:
 
     def __init__(self, cfg: JsonGateConfig):
         self.cfg = cfg
-        self._validator = self._compile(cfg.json_schema) if cfg.json_schema is not None else None
-
-    @staticmethod
-    def _compile(schema: dict[str, Any]) -> Any:
-        return jsonschema.validators.validator_for(schema)(schema)
+        self._validator = validator_of(cfg.json_schema) if cfg.json_schema is not None else None
 
     async def check(self, answer: Answer, ctx: GateContext) -> GateResult:
         asked, schema = requested_schema(ctx.request)
@@ -74,8 +71,8 @@ class JsonGate:
         validator = self._validator
         if schema is not None:
             try:
-                validator = self._compile(schema)
-            except jsonschema.SchemaError:
+                validator = validator_of(schema)
+            except (jsonschema.SchemaError, TypeError, ValueError):  # the engine enforced what it could use
                 validator = None
 
         def check_one(text: str, _finish: str | None) -> list[str]:

@@ -10,6 +10,7 @@ import jsonschema
 
 from serving.config import ToolsGateConfig
 from serving.routing.answers import MAX_REASONS, Answer, GateContext, GateResult, gate_result
+from serving.routing.json_schemas import validator_of
 
 
 def _field(obj: Any, key: str) -> Any:
@@ -45,16 +46,6 @@ class ToolsGate:
 
     def __init__(self, cfg: ToolsGateConfig):
         self.cfg = cfg
-        self._validators: dict[str, Any] = {}
-
-    def _validator(self, schema: dict[str, Any]) -> Any:
-        key = json.dumps(schema, sort_keys=True)
-        validator = self._validators.get(key)
-        if validator is None:
-            if len(self._validators) > 256:
-                self._validators.clear()
-            validator = self._validators[key] = jsonschema.validators.validator_for(schema)(schema)
-        return validator
 
     def _check_call(self, call: dict[str, Any], tools: dict[str, dict[str, Any]], choice: str) -> list[str]:
         function = call.get("function") or {}
@@ -71,8 +62,8 @@ class ToolsGate:
         if not isinstance(args, dict):
             return [f"the arguments of {name} are not a JSON object"]
         try:
-            errors = sorted(self._validator(tools[name]).iter_errors(args), key=lambda e: list(e.absolute_path))
-        except jsonschema.SchemaError:
+            errors = sorted(validator_of(tools[name]).iter_errors(args), key=lambda e: list(e.absolute_path))
+        except (jsonschema.SchemaError, TypeError, ValueError):
             return []  # the request's schema was checked at parse time; a schema jsonschema cannot use is not ours
         return [f"the arguments of {name} do not match its schema: "
                 f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:MAX_REASONS]]

@@ -575,6 +575,9 @@ BAD_TOOLS: dict[str, tuple[dict[str, Any], str, str | None]] = {
     "schema-required": ({"tools": [WEATHER, {"type": "function", "function": {
         "name": "g", "parameters": {"type": "object", "required": "city"}}}]},
         "tools.[1].function.parameters", "invalid_function_parameters"),
+    "schema-dialect-not-a-string": ({"tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"$schema": 5, "type": "object"}}}]},
+        "tools.[0].function.parameters", "invalid_function_parameters"),
     "schema-not-object": ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
                           "tools.[0].function.parameters", None),
     "no-name": ({"tools": [{"type": "function", "function": {"parameters": WEATHER_PARAMS}}]},
@@ -714,6 +717,9 @@ async def test_messages_errors_are_in_anthropic_shape(gw: Gateway, claude: anthr
     assert "max_tokens" in anthropic_error(resp, 400, "invalid_request_error")
     resp = await gw.http.post("/v1/messages", json={"model": GROUP, "max_tokens": 16, "messages": HELLO,
                                                     "tools": [{"name": "f", "input_schema": {"type": "objekt"}}]})
+    assert "tools.0.input_schema" in anthropic_error(resp, 400, "invalid_request_error")
+    resp = await gw.http.post("/v1/messages", json={"model": GROUP, "max_tokens": 16, "messages": HELLO,
+                                                    "tools": [{"name": "f", "input_schema": {"$schema": 5}}]})
     assert "tools.0.input_schema" in anthropic_error(resp, 400, "invalid_request_error")
     resp = await gw.http.post("/v1/messages", json={"model": GROUP, "max_tokens": 16, "messages": HELLO,
                                                     "tools": [SDK_WEATHER],
