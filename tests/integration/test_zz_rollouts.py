@@ -215,7 +215,7 @@ def test_canary_promotes_under_load_and_survives_a_controller_restart(
         mlflow_server.kill()  # and the registry dies mid-canary too: the controller waits, serving goes on
         time.sleep(REGISTRY_OUTAGE_S)
         assert controller.proc is not None and controller.proc.poll() is None, "the controller died with MLflow"
-        mlflow_server.start()
+        mlflow_server.start(timeout_s=300)  # a cold start next to three engines under load can take minutes
         tags = wait_state(registry, model, challenger, {"promoted"}, watch)
     assert not load.failures, load.failures[:5]
     assert load.status["200"] > 50

@@ -42,9 +42,16 @@ class MlflowServer:
             if self.healthy():
                 return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}; see {self.log}")
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self._tail()}")
             time.sleep(0.5)
-        raise RuntimeError(f"mlflow server did not answer /health within {timeout_s:.0f} s; see {self.log}")
+        raise RuntimeError(f"mlflow server did not answer /health within {timeout_s:.0f} s:\n{self._tail()}")
+
+    def _tail(self, lines: int = 30) -> str:
+        """The end of the server's log (the directory is removed at stop, so errors carry it)."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no log at {self.log})"
 
     def healthy(self) -> bool:
         try:
